@@ -1,0 +1,38 @@
+"""The test suite: real PostgreSQL and Redis (see tests/conftest.py).
+
+DATABASE_URL and REDIS_URL default to the local services; the suite stops at
+once, saying which service is missing, when one does not answer.
+"""
+
+from .base import *  # noqa: F403
+from .base import env
+
+SECRET_KEY = "test-only-secret-key-0123456789abcdefghijklmnopqrstuvwxyz"  # noqa: S105
+DEBUG = False
+ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
+
+DATABASES = {"default": env.db("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/loyalty")}
+DATABASES["default"]["CONN_MAX_AGE"] = 0
+DATABASES["default"]["TEST"] = {"NAME": env("TEST_DATABASE_NAME", default="test_loyalty")}
+
+# Redis database 1 by default, so a developer's running site (database 0) and
+# the suite do not consume each other's messages.
+REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/1")
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
+CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", default=REDIS_URL)
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "loyalty-test",
+    }
+}
+
+# Fast hashing: the suite creates many users; production keeps the default.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+
+# Static files straight from the app and static/ folders (no collectstatic).
+STATIC_ROOT = None
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = True
