@@ -28,7 +28,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 # kombu's filesystem transport: messages are files under var/broker.
 # https://docs.celeryq.dev/projects/kombu/en/stable/reference/kombu.transport.filesystem.html
 _BROKER_DIR = VAR_DIR / "broker"
-for _sub in ("queue", "processed"):
+for _sub in ("queue", "processed", "control"):
     (_BROKER_DIR / _sub).mkdir(parents=True, exist_ok=True)
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="filesystem://")
 CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -36,6 +36,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "data_folder_out": str(_BROKER_DIR / "queue"),
     "processed_folder": str(_BROKER_DIR / "processed"),
     "store_processed": False,
+    "control_folder": str(_BROKER_DIR / "control"),
 }
 CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", default=f"file://{VAR_DIR / 'results'}")
 (VAR_DIR / "results").mkdir(exist_ok=True)
