@@ -1,0 +1,902 @@
+"""Every write that moves points. Each service is atomic, takes keyword arguments,
+and is idempotent on a stated key; all changes of a member's balance happen behind
+a row lock on their PointsAccount (`select_for_update`), in the same transaction
+as the ledger entries that explain them.
+
+Lock order, everywhere: customer row (enrolment only) → points accounts in
+ascending id → purchase → reward → redemption. Keeping one order rules out
+deadlocks between services.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q, Sum
+from django.utils import timezone
+
+from accounts.models import Customer
+
+from . import rules
+from .errors import Conflict, DomainError, InsufficientPoints, NotAMember, NotFound, PointsDebt, RewardUnavailable
+from .models import (
+    CustomerEvent,
+    EventRule,
+    Integration,
+    LedgerEntry,
+    LotConsumption,
+    PointsAccount,
+    PointsLot,
+    Purchase,
+    PurchaseLine,
+    Redemption,
+    Refund,
+    Reward,
+)
+from .selectors import earn_context_get, program_get, qualifying_spend, tier_lowest
+
+Kind = LedgerEntry.Kind
+
+
+def program_tz() -> ZoneInfo:
+    return ZoneInfo(settings.TIME_ZONE)
+
+
+def request_hash(payload: dict) -> str:
+    """A stable fingerprint of a request body: same body, same hash."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _day_start(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time.min, tzinfo=program_tz())
+
+
+def _lot_expiry(earned_at: dt.datetime) -> dt.datetime | None:
+    expires_on = rules.expiry_date(timezone.localtime(earned_at, program_tz()).date(), program_get()["rules"].expiry_months)
+    return _day_start(expires_on) if expires_on else None
+
+
+# --- Accounts and the two primitive moves ------------------------------------------
+
+
+def _account_lock(customer_id: int) -> PointsAccount:
+    try:
+        return PointsAccount.objects.select_for_update(of=("self",)).select_related("tier").get(pk=customer_id)
+    except PointsAccount.DoesNotExist:
+        raise NotAMember("This customer is not a member of the loyalty program.") from None
+
+
+def _credit(
+    account: PointsAccount,
+    *,
+    kind: str,
+    points: int,
+    key: str,
+    explanation: list[dict],
+    at: dt.datetime,
+    expires_at: dt.datetime | None | bool = True,
+    **cause,
+) -> LedgerEntry:
+    """Add points: a new entry and a lot. While in debt, the debt is repaid first.
+
+    `expires_at=True` applies the program's expiry to a lot earned `at`.
+    """
+    assert points > 0
+    debt = max(0, -account.balance)
+    repaid = min(debt, points)
+    if repaid:
+        explanation = [*explanation, {"code": "debt_repaid", "points": repaid}]
+    account.balance += points
+    entry = LedgerEntry.objects.create(
+        account=account,
+        kind=kind,
+        points=points,
+        balance_after=account.balance,
+        created_at=at,
+        idempotency_key=key,
+        explanation=explanation,
+        **cause,
+    )
+    if points - repaid > 0:
+        PointsLot.objects.create(
+            account=account,
+            entry=entry,
+            points=points - repaid,
+            remaining=points - repaid,
+            earned_at=at,
+            expires_at=_lot_expiry(at) if expires_at is True else expires_at,
+        )
+    PointsAccount.objects.filter(pk=account.pk).update(balance=account.balance, updated_at=timezone.now())
+    return entry
+
+
+def _debit(
+    account: PointsAccount,
+    *,
+    kind: str,
+    points: int,
+    key: str,
+    explanation: list[dict],
+    at: dt.datetime,
+    allow_debt: bool,
+    **cause,
+) -> LedgerEntry:
+    """Take points from the oldest unexpired lots first. Only clawbacks and staff
+    corrections may take more than the balance (the rest becomes points debt)."""
+    assert points > 0
+    if not allow_debt and account.balance < points:
+        raise InsufficientPoints(f"The balance is {account.balance} points; {points} are needed.")
+    available = max(0, account.balance)
+    account.balance -= points
+    entry = LedgerEntry.objects.create(
+        account=account,
+        kind=kind,
+        points=-points,
+        balance_after=account.balance,
+        created_at=at,
+        idempotency_key=key,
+        explanation=explanation,
+        **cause,
+    )
+    to_take = min(points, available)
+    consumptions = []
+    if to_take:
+        for lot in PointsLot.objects.filter(account=account, remaining__gt=0).order_by("earned_at", "id"):
+            take = min(lot.remaining, to_take)
+            PointsLot.objects.filter(pk=lot.pk).update(remaining=F("remaining") - take)
+            consumptions.append(LotConsumption(entry=entry, lot=lot, points=take))
+            to_take -= take
+            if not to_take:
+                break
+        LotConsumption.objects.bulk_create(consumptions)
+    PointsAccount.objects.filter(pk=account.pk).update(balance=account.balance, updated_at=timezone.now())
+    return entry
+
+
+def _entry_exists(key: str) -> bool:
+    return LedgerEntry.objects.filter(idempotency_key=key).exists()
+
+
+def _expire_due_lots(account: PointsAccount, *, before: dt.datetime) -> int:
+    """Expire what is left of this member's lots that expired before `before`. Idempotent per lot."""
+    expired = 0
+    for lot in PointsLot.objects.filter(account=account, remaining__gt=0, expires_at__lte=before).order_by("id"):
+        key = f"expire:lot:{lot.pk}"
+        if _entry_exists(key):
+            continue
+        earned_on = timezone.localtime(lot.earned_at, program_tz()).date().isoformat()
+        remaining = lot.remaining
+        account.balance -= remaining
+        entry = LedgerEntry.objects.create(
+            account=account,
+            kind=Kind.EXPIRE,
+            points=-remaining,
+            balance_after=account.balance,
+            created_at=timezone.now(),
+            idempotency_key=key,
+            explanation=[{"code": "expire", "earned_on": earned_on}],
+            lot=lot,
+        )
+        PointsLot.objects.filter(pk=lot.pk).update(remaining=0)
+        LotConsumption.objects.create(entry=entry, lot=lot, points=remaining)
+        expired += remaining
+    if expired:
+        PointsAccount.objects.filter(pk=account.pk).update(balance=account.balance, updated_at=timezone.now())
+    return expired
+
+
+# --- Customers and enrolment -------------------------------------------------------
+
+
+def customer_get_or_create(*, external_ref: str, defaults: dict | None = None) -> tuple[Customer, bool]:
+    """The customer the shop's systems call `external_ref`, created as a non-member if new.
+
+    Safe under concurrency: a concurrent creation of the same ref is caught by the
+    unique constraint and the existing row is returned.
+    """
+    customer = Customer.objects.filter(external_ref=external_ref).first()
+    if customer:
+        return customer, False
+    try:
+        with transaction.atomic():
+            return Customer.objects.create(external_ref=external_ref, **(defaults or {})), True
+    except IntegrityError:
+        return Customer.objects.get(external_ref=external_ref), False
+
+
+@transaction.atomic
+def customer_enroll(
+    *, customer: Customer, at: dt.datetime | None = None, referral_code: str | None = None
+) -> tuple[Customer, bool]:
+    """Make a shopper a member: account, lowest tier, signup bonus. Idempotent per customer."""
+    at = at or timezone.now()
+    customer = Customer.objects.select_for_update().get(pk=customer.pk)
+    if customer.enrolled_at is not None and PointsAccount.objects.filter(pk=customer.pk).exists():
+        return customer, False
+    if referral_code and customer.referred_by_id is None:
+        referrer = Customer.objects.filter(referral_code=referral_code.strip().upper()).exclude(pk=customer.pk).first()
+        if referrer is None:
+            raise DomainError("Unknown referral code.", code="unknown_referral_code", fields={"referral_code": ["unknown"]})
+        customer.referred_by = referrer
+    customer.enrolled_at = customer.enrolled_at or at
+    customer.save(update_fields=["enrolled_at", "referred_by"])
+    account = PointsAccount.objects.create(customer=customer, tier=tier_lowest(), tier_changed_at=at)
+    bonus = program_get()["rules"].signup_bonus
+    if bonus:
+        _credit(
+            account,
+            kind=Kind.BONUS,
+            points=bonus,
+            key=f"signup:{customer.pk}",
+            explanation=[{"code": "signup_bonus"}],
+            at=at,
+        )
+    return customer, True
+
+
+# --- Purchases and refunds -----------------------------------------------------------
+
+
+@dataclass
+class PurchaseResult:
+    purchase: Purchase
+    created: bool
+
+    @property
+    def points_earned(self) -> int:
+        return self.purchase.points_earned
+
+    @property
+    def balance(self) -> int | None:
+        return self.purchase.balance_after
+
+
+def _purchase_existing(integration: Integration, external_id: str, fingerprint: str) -> PurchaseResult | None:
+    existing = Purchase.objects.filter(integration=integration, external_id=external_id).first()
+    if existing is None:
+        return None
+    if existing.request_hash != fingerprint:
+        raise Conflict(
+            f"Purchase {external_id!r} was already recorded with different data.", code="idempotency_conflict"
+        )
+    return PurchaseResult(existing, False)
+
+
+def purchase_record(
+    *,
+    integration: Integration,
+    external_id: str,
+    customer_ref: str,
+    amount: Decimal,
+    currency: str,
+    occurred_at: dt.datetime,
+    lines: list[dict] | None = None,
+    enroll: bool = False,
+    award_points: bool = True,
+) -> PurchaseResult:
+    """Record a purchase and award its points. Idempotent on (integration, external_id):
+    the same request again returns the original result; other data under the same id
+    raises Conflict. Members earn under the rules in force at `occurred_at`."""
+    lines = lines or []
+    fingerprint = request_hash(
+        {
+            "customer": customer_ref,
+            "amount": str(rules.money(Decimal(amount))),
+            "currency": currency,
+            "occurred_at": occurred_at.isoformat(),
+            "lines": [
+                {k: str(v) for k, v in sorted(line.items()) if v not in (None, "")} for line in lines
+            ],
+            "enroll": bool(enroll),
+        }
+    )
+    replay = _purchase_existing(integration, external_id, fingerprint)
+    if replay:
+        return replay
+    try:
+        return _purchase_record(
+            integration=integration,
+            external_id=external_id,
+            customer_ref=customer_ref,
+            amount=rules.money(Decimal(amount)),
+            currency=currency,
+            occurred_at=occurred_at,
+            lines=lines,
+            enroll=enroll,
+            award_points=award_points,
+            fingerprint=fingerprint,
+        )
+    except IntegrityError:
+        # A concurrent request recorded the same purchase first.
+        replay = _purchase_existing(integration, external_id, fingerprint)
+        if replay:
+            return replay
+        raise
+
+
+@transaction.atomic
+def _purchase_record(*, integration, external_id, customer_ref, amount, currency, occurred_at, lines, enroll, award_points, fingerprint):
+    customer, _created = customer_get_or_create(external_ref=customer_ref)
+    if enroll and not customer.is_member:
+        customer, _ = customer_enroll(customer=customer, at=min(occurred_at, timezone.now()))
+    account = None
+    if customer.is_member:
+        account = _account_lock(customer.pk)
+        # Re-check under the lock: a concurrent twin may have committed meanwhile.
+        replay = _purchase_existing(integration, external_id, fingerprint)
+        if replay:
+            return replay
+    earn = None
+    if account is not None and award_points:
+        ctx = earn_context_get(customer=customer, tier=account.tier, at=occurred_at)
+        earn = rules.purchase_points(
+            amount=amount,
+            lines=[rules.Line(str(line.get("category") or ""), Decimal(str(line["amount"]))) for line in lines],
+            ctx=ctx,
+        )
+    purchase = Purchase.objects.create(
+        integration=integration,
+        external_id=external_id,
+        customer=customer,
+        amount=amount,
+        currency=currency,
+        occurred_at=occurred_at,
+        was_member=customer.is_member and customer.enrolled_at <= max(occurred_at, customer.enrolled_at),
+        request_hash=fingerprint,
+        points_earned=earn.points if earn else 0,
+        explanation=earn.explanation if earn else [],
+        balance_after=account.balance if account else None,
+    )
+    if lines:
+        PurchaseLine.objects.bulk_create(
+            PurchaseLine(
+                purchase=purchase,
+                sku=str(line.get("sku") or "")[:64],
+                category=str(line.get("category") or "")[:64],
+                quantity=Decimal(str(line.get("quantity") or 1)),
+                amount=Decimal(str(line["amount"])),
+            )
+            for line in lines
+        )
+    if account is None:
+        return PurchaseResult(purchase, True)
+    now = timezone.now()
+    if earn and earn.points > 0:
+        _credit(
+            account,
+            kind=Kind.EARN,
+            points=earn.points,
+            key=f"purchase:{purchase.pk}:earn",
+            explanation=earn.explanation,
+            at=min(occurred_at, now),
+            purchase=purchase,
+        )
+    _tier_upgrade_check(account, customer, as_of=max(occurred_at, now))
+    _referral_bonus_check(account, customer, purchase=purchase)
+    purchase.balance_after = account.balance
+    Purchase.objects.filter(pk=purchase.pk).update(balance_after=account.balance)
+    return PurchaseResult(purchase, True)
+
+
+def _tier_upgrade_check(account: PointsAccount, customer: Customer, *, as_of: dt.datetime) -> None:
+    """Upgrade on the purchase that crosses a threshold (downgrades wait for the nightly job)."""
+    tiers = program_get()["tiers"]
+    if not tiers:
+        return
+    spend = qualifying_spend(customer_id=customer.pk, as_of=as_of)
+    best_id = rules.tier_for_spend(spend, [(t.pk, t.min_qualifying_spend) for t in tiers])
+    if best_id is None:
+        return
+    best = next(t for t in tiers if t.pk == best_id)
+    current_threshold = account.tier.min_qualifying_spend if account.tier else Decimal("-1")
+    if best.min_qualifying_spend > current_threshold:
+        account.tier = best
+        PointsAccount.objects.filter(pk=account.pk).update(tier=best, tier_changed_at=timezone.now())
+
+
+def _referral_bonus_check(account: PointsAccount, customer: Customer, *, purchase: Purchase) -> None:
+    """After a referred member's first purchase as a member, both sides get their bonus, once."""
+    if customer.referred_by_id is None:
+        return
+    key_referee = f"referral:{customer.pk}:referee"
+    if _entry_exists(key_referee):
+        return
+    program = program_get()["rules"]
+    referrer_account = PointsAccount.objects.select_for_update().filter(pk=customer.referred_by_id).first()
+    now = timezone.now()
+    if program.referral_bonus_referee:
+        _credit(
+            account,
+            kind=Kind.BONUS,
+            points=program.referral_bonus_referee,
+            key=key_referee,
+            explanation=[{"code": "referral_referee"}],
+            at=now,
+            purchase=purchase,
+        )
+    if referrer_account is not None and program.referral_bonus_referrer:
+        _credit(
+            referrer_account,
+            kind=Kind.BONUS,
+            points=program.referral_bonus_referrer,
+            key=f"referral:{customer.pk}:referrer",
+            explanation=[{"code": "referral_referrer", "friend": customer.first_name or customer.external_ref}],
+            at=now,
+            purchase=purchase,
+        )
+
+
+@dataclass
+class RefundResult:
+    refund: Refund
+    created: bool
+
+
+@transaction.atomic
+def purchase_refund(
+    *,
+    integration: Integration,
+    purchase_external_id: str,
+    refund_id: str,
+    amount: Decimal,
+    occurred_at: dt.datetime | None = None,
+) -> RefundResult:
+    """Refund part or all of a purchase and claw back its points proportionally, even
+    if they were spent (the balance may go negative: points debt). Idempotent on
+    (integration, refund_id)."""
+    amount = rules.money(Decimal(amount))
+    fingerprint = request_hash({"purchase": purchase_external_id, "amount": str(amount)})
+    purchase = Purchase.objects.filter(integration=integration, external_id=purchase_external_id).first()
+    if purchase is None:
+        raise NotFound(f"No purchase {purchase_external_id!r} from this integration.")
+    account = None
+    if PointsAccount.objects.filter(pk=purchase.customer_id).exists():
+        account = _account_lock(purchase.customer_id)
+    purchase = Purchase.objects.select_for_update().get(pk=purchase.pk)
+    existing = Refund.objects.filter(integration=integration, refund_id=refund_id).first()
+    if existing:
+        if existing.request_hash != fingerprint:
+            raise Conflict(f"Refund {refund_id!r} was already recorded with different data.", code="idempotency_conflict")
+        return RefundResult(existing, False)
+    if amount <= 0:
+        raise DomainError("The refund amount must be positive.", code="invalid_amount", fields={"amount": ["positive"]})
+    refundable = purchase.amount - purchase.refunded_amount
+    if amount > refundable:
+        raise DomainError(
+            f"Only {refundable} of this purchase is left to refund.",
+            code="refund_exceeds_purchase",
+            fields={"amount": [f"at most {refundable}"]},
+        )
+    claw = rules.clawback_points(
+        points_earned=purchase.points_earned,
+        amount=purchase.amount,
+        refunded_before=purchase.refunded_amount,
+        refund=amount,
+        clawed_before=purchase.points_clawed_back,
+    )
+    refund = Refund.objects.create(
+        integration=integration,
+        refund_id=refund_id,
+        purchase=purchase,
+        amount=amount,
+        points_clawed_back=claw,
+        request_hash=fingerprint,
+        occurred_at=occurred_at or timezone.now(),
+    )
+    Purchase.objects.filter(pk=purchase.pk).update(
+        refunded_amount=F("refunded_amount") + amount, points_clawed_back=F("points_clawed_back") + claw
+    )
+    if account is not None and claw > 0:
+        _debit(
+            account,
+            kind=Kind.CLAWBACK,
+            points=claw,
+            key=f"refund:{refund.pk}:clawback",
+            explanation=[{"code": "clawback", "refund": str(amount), "purchase": purchase.external_id}],
+            at=timezone.now(),
+            allow_debt=True,
+            purchase=purchase,
+            refund=refund,
+        )
+    refund.balance_after = account.balance if account else None
+    Refund.objects.filter(pk=refund.pk).update(balance_after=refund.balance_after)
+    return RefundResult(refund, True)
+
+
+# --- Events ---------------------------------------------------------------------------
+
+
+def _period_start(period: str, at: dt.datetime) -> dt.datetime | None:
+    local = timezone.localtime(at, program_tz()).date()
+    if period == EventRule.CapPeriod.DAY:
+        start = local
+    elif period == EventRule.CapPeriod.WEEK:
+        start = local - dt.timedelta(days=local.weekday())
+    elif period == EventRule.CapPeriod.MONTH:
+        start = local.replace(day=1)
+    elif period == EventRule.CapPeriod.YEAR:
+        start = local.replace(month=1, day=1)
+    else:
+        return None
+    return _day_start(start)
+
+
+@dataclass
+class EventResult:
+    event: CustomerEvent
+    created: bool
+
+
+def event_record(
+    *,
+    integration: Integration,
+    external_id: str,
+    customer_ref: str,
+    event_type: str,
+    data: dict,
+    occurred_at: dt.datetime | None = None,
+) -> EventResult:
+    """Record a custom event; a member earns the rule's fixed points for its type,
+    within the rule's cap per period. Idempotent on (integration, external_id)."""
+    occurred_at = occurred_at or timezone.now()
+    fingerprint = request_hash({"customer": customer_ref, "type": event_type, "data": data})
+
+    def existing():
+        event = CustomerEvent.objects.filter(integration=integration, external_id=external_id).first()
+        if event and event.request_hash != fingerprint:
+            raise Conflict(f"Event {external_id!r} was already recorded with different data.", code="idempotency_conflict")
+        return EventResult(event, False) if event else None
+
+    replay = existing()
+    if replay:
+        return replay
+    try:
+        with transaction.atomic():
+            customer, _ = customer_get_or_create(external_ref=customer_ref)
+            account = _account_lock(customer.pk) if customer.is_member else None
+            replay = existing()
+            if replay:
+                return replay
+            event = CustomerEvent.objects.create(
+                integration=integration,
+                external_id=external_id,
+                customer=customer,
+                event_type=event_type,
+                data=data,
+                occurred_at=occurred_at,
+                request_hash=fingerprint,
+            )
+            rule = EventRule.objects.filter(event_type=event_type, is_active=True).first()
+            if account is not None and rule is not None:
+                start = _period_start(rule.cap_period, occurred_at)
+                done = CustomerEvent.objects.filter(customer=customer, event_type=event_type, points_awarded__gt=0)
+                if start is not None:
+                    done = done.filter(occurred_at__gte=start)
+                result = rules.event_points(
+                    rule_points=rule.points, cap_count=rule.cap_count, already_awarded_in_period=done.count()
+                )
+                explanation = [{**line, "name": rule.name, "event_type": event_type} for line in result.explanation]
+                if result.points > 0:
+                    _credit(
+                        account,
+                        kind=Kind.BONUS,
+                        points=result.points,
+                        key=f"event:{event.pk}",
+                        explanation=explanation,
+                        at=timezone.now(),
+                        event=event,
+                    )
+                CustomerEvent.objects.filter(pk=event.pk).update(points_awarded=result.points, explanation=explanation)
+                event.points_awarded, event.explanation = result.points, explanation
+            return EventResult(event, True)
+    except IntegrityError:
+        replay = existing()
+        if replay:
+            return replay
+        raise
+
+
+# --- Rewards and redemptions ---------------------------------------------------------
+
+VOUCHER_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+
+
+def voucher_code_new() -> str:
+    """12 characters from 32 (60 bits from the OS's CSPRNG), shown as XXXX-XXXX-XXXX."""
+    raw = "".join(secrets.choice(VOUCHER_ALPHABET) for _ in range(12))
+    return f"{raw[:4]}-{raw[4:8]}-{raw[8:]}"
+
+
+@dataclass
+class RedeemResult:
+    redemption: Redemption
+    created: bool
+
+
+@transaction.atomic
+def reward_redeem(
+    *,
+    customer: Customer,
+    reward_id: int,
+    idempotency_key: str | None = None,
+    integration: Integration | None = None,
+    now: dt.datetime | None = None,
+) -> RedeemResult:
+    """Exchange points for a reward's voucher. Never makes a balance negative; refused
+    while in points debt. Idempotent on (customer, idempotency_key)."""
+    now = now or timezone.now()
+    account = _account_lock(customer.pk)
+    if idempotency_key:
+        existing = Redemption.objects.filter(customer=customer, idempotency_key=idempotency_key).first()
+        if existing:
+            if existing.reward_id != reward_id:
+                raise Conflict("This idempotency key was used for another reward.", code="idempotency_conflict")
+            return RedeemResult(existing, False)
+    reward = Reward.objects.filter(pk=reward_id).first()
+    if reward is None:
+        raise NotFound("No such reward.")
+    if reward.stock is not None:
+        reward = Reward.objects.select_for_update().get(pk=reward_id)
+    if not reward.is_active or (reward.active_from and reward.active_from > now) or (
+        reward.active_until and reward.active_until <= now
+    ):
+        raise RewardUnavailable("This reward is not available now.")
+    if reward.stock is not None and reward.stock <= 0:
+        raise RewardUnavailable("This reward is out of stock.", code="out_of_stock")
+    if reward.min_tier_id and (
+        account.tier is None or account.tier.min_qualifying_spend < reward.min_tier.min_qualifying_spend
+    ):
+        raise RewardUnavailable(f"This reward needs the {reward.min_tier.name} tier.", code="tier_too_low")
+    if reward.per_customer_limit is not None:
+        taken = Redemption.objects.filter(customer=customer, reward=reward).exclude(state=Redemption.State.CANCELLED).count()
+        if taken >= reward.per_customer_limit:
+            raise RewardUnavailable("The limit for this reward per customer is reached.", code="limit_reached")
+    _expire_due_lots(account, before=now)
+    if account.balance < 0:
+        raise PointsDebt(f"There is a points debt of {-account.balance} to repay before redeeming.")
+    if account.balance < reward.cost_points:
+        raise InsufficientPoints(
+            f"This reward costs {reward.cost_points} points; the balance is {account.balance}."
+        )
+    redemption = Redemption.objects.create(
+        customer=customer,
+        reward=reward,
+        points=reward.cost_points,
+        voucher_code=voucher_code_new(),
+        integration=integration,
+        idempotency_key=idempotency_key,
+        expires_at=now + dt.timedelta(days=reward.validity_days) if reward.validity_days else None,
+    )
+    _debit(
+        account,
+        kind=Kind.REDEEM,
+        points=reward.cost_points,
+        key=f"redemption:{redemption.pk}",
+        explanation=[{"code": "redeem", "reward": reward.name}],
+        at=now,
+        allow_debt=False,
+        redemption=redemption,
+    )
+    if reward.stock is not None:
+        Reward.objects.filter(pk=reward.pk).update(stock=F("stock") - 1)
+    return RedeemResult(redemption, True)
+
+
+@transaction.atomic
+def redemption_cancel(*, redemption_id: int, reason: str = "", customer_id: int | None = None) -> Redemption:
+    """Cancel an issued voucher and return its points (a reversal entry and a new lot
+    that expires when the latest of the spent lots would have). Idempotent."""
+    redemption = Redemption.objects.filter(pk=redemption_id).first()
+    if redemption is None or (customer_id is not None and redemption.customer_id != customer_id):
+        raise NotFound("No such redemption.")
+    account = _account_lock(redemption.customer_id)
+    redemption = Redemption.objects.select_for_update(of=("self",)).select_related("reward").get(pk=redemption_id)
+    if redemption.state == Redemption.State.CANCELLED:
+        return redemption
+    if redemption.state != Redemption.State.ISSUED:
+        raise Conflict(f"A {redemption.get_state_display()} voucher cannot be cancelled.", code="not_cancellable")
+    redeem_entry = LedgerEntry.objects.get(idempotency_key=f"redemption:{redemption.pk}")
+    expiries = list(
+        LotConsumption.objects.filter(entry=redeem_entry).values_list("lot__expires_at", flat=True)
+    )
+    expires_at = None if (not expiries or None in expiries) else max(expiries)
+    now = timezone.now()
+    _credit(
+        account,
+        kind=Kind.REVERSAL,
+        points=redemption.points,
+        key=f"redemption:{redemption.pk}:cancel",
+        explanation=[{"code": "reversal", "reward": redemption.reward.name}],
+        at=now,
+        expires_at=expires_at,
+        redemption=redemption,
+        reverses=redeem_entry,
+    )
+    Redemption.objects.filter(pk=redemption.pk).update(
+        state=Redemption.State.CANCELLED, cancelled_at=now, cancel_reason=reason[:200]
+    )
+    if redemption.reward.stock is not None:
+        Reward.objects.filter(pk=redemption.reward_id).update(stock=F("stock") + 1)
+    redemption.refresh_from_db()
+    return redemption
+
+
+@transaction.atomic
+def voucher_use(*, code: str, now: dt.datetime | None = None) -> Redemption:
+    """Mark a voucher used at the point of sale. Refused when used, cancelled or expired."""
+    now = now or timezone.now()
+    normalised = code.strip().upper()
+    redemption = Redemption.objects.select_for_update().filter(voucher_code=normalised).first()
+    if redemption is None:
+        raise NotFound("No such voucher.")
+    if redemption.state == Redemption.State.ISSUED and redemption.expires_at and redemption.expires_at <= now:
+        Redemption.objects.filter(pk=redemption.pk).update(state=Redemption.State.EXPIRED)
+        raise Conflict("This voucher has expired.", code="voucher_expired")
+    if redemption.state != Redemption.State.ISSUED:
+        raise Conflict(
+            f"This voucher is {redemption.get_state_display()}"
+            + (f" (used {redemption.used_at.isoformat()})." if redemption.used_at else "."),
+            code=f"voucher_{redemption.state}",
+        )
+    Redemption.objects.filter(pk=redemption.pk).update(state=Redemption.State.USED, used_at=now)
+    redemption.refresh_from_db()
+    return redemption
+
+
+# --- Staff corrections --------------------------------------------------------------
+
+
+@transaction.atomic
+def points_adjust(
+    *, customer: Customer, points: int, reason: str, staff_user, idempotency_key: str | None = None
+) -> LedgerEntry:
+    """A staff correction with a required reason. A negative correction may leave
+    points debt (e.g. taking back a bonus given by mistake and already spent).
+    Idempotent on `idempotency_key` when given."""
+    if not points:
+        raise DomainError("An adjustment must change the balance.", code="zero_points", fields={"points": ["not 0"]})
+    if not (reason or "").strip():
+        raise DomainError("A reason is required.", code="reason_required", fields={"reason": ["required"]})
+    account = _account_lock(customer.pk)
+    key = f"adjust:{idempotency_key}" if idempotency_key else f"adjust:{customer.pk}:{secrets.token_hex(8)}"
+    existing = LedgerEntry.objects.filter(idempotency_key=key).first()
+    if existing:
+        return existing
+    common = dict(
+        key=key,
+        explanation=[{"code": "adjust", "reason": reason.strip()}],
+        at=timezone.now(),
+        staff_user=staff_user,
+        reason=reason.strip(),
+    )
+    if points > 0:
+        return _credit(account, kind=Kind.ADJUST, points=points, **common)
+    return _debit(account, kind=Kind.ADJUST, points=-points, allow_debt=True, **common)
+
+
+# --- Scheduled jobs (each idempotent for its date) -----------------------------------
+
+
+def points_expire(*, on_date: dt.date) -> dict:
+    """Expire what is left of every lot whose validity ended before `on_date` starts."""
+    before = _day_start(on_date)
+    account_ids = list(
+        PointsLot.objects.filter(remaining__gt=0, expires_at__lte=before).values_list("account_id", flat=True).distinct()
+    )
+    accounts = points = 0
+    for account_id in account_ids:
+        with transaction.atomic():
+            account = _account_lock(account_id)
+            expired = _expire_due_lots(account, before=before)
+        if expired:
+            accounts += 1
+            points += expired
+    return {"date": on_date.isoformat(), "accounts": accounts, "points": points}
+
+
+def birthday_bonuses_award(*, on_date: dt.date) -> dict:
+    """The birthday bonus, once per member per year, to members whose birthday is `on_date`."""
+    bonus = program_get()["rules"].birthday_bonus
+    if not bonus:
+        return {"date": on_date.isoformat(), "awarded": 0}
+    days = [(on_date.month, on_date.day)]
+    if (on_date.month, on_date.day) == (2, 28) and not _is_leap(on_date.year):
+        days.append((2, 29))
+    condition = Q()
+    for month, day in days:
+        condition |= Q(birthday__month=month, birthday__day=day)
+    candidates = Customer.objects.filter(condition, enrolled_at__isnull=False, points_account__isnull=False)
+    awarded = 0
+    for customer in candidates.only("pk", "birthday").iterator():
+        key = f"birthday:{customer.pk}:{on_date.year}"
+        with transaction.atomic():
+            account = _account_lock(customer.pk)
+            if _entry_exists(key):
+                continue
+            _credit(
+                account,
+                kind=Kind.BONUS,
+                points=bonus,
+                key=key,
+                explanation=[{"code": "birthday_bonus", "year": on_date.year}],
+                at=timezone.now(),
+            )
+            awarded += 1
+    return {"date": on_date.isoformat(), "awarded": awarded}
+
+
+def _is_leap(year: int) -> bool:
+    import calendar
+
+    return calendar.isleap(year)
+
+
+def tiers_recalculate(*, on_date: dt.date) -> dict:
+    """Set every member's tier from their qualifying spend in the 365 days before `on_date`
+    (downgrades happen here; upgrades also happen on the purchase that crosses)."""
+    tiers = program_get()["tiers"]
+    if not tiers:
+        return {"date": on_date.isoformat(), "changed": 0}
+    as_of = _day_start(on_date)
+    spend_by_customer = dict(
+        Purchase.objects.filter(occurred_at__gt=as_of - dt.timedelta(days=365), occurred_at__lte=as_of)
+        .values("customer_id")
+        .annotate(spend=Sum(F("amount") - F("refunded_amount")))
+        .values_list("customer_id", "spend")
+    )
+    thresholds = [(t.pk, t.min_qualifying_spend) for t in tiers]
+    changed = 0
+    for customer_id, tier_id in PointsAccount.objects.values_list("customer_id", "tier_id").iterator():
+        target = rules.tier_for_spend(spend_by_customer.get(customer_id) or Decimal("0"), thresholds)
+        if target == tier_id:
+            continue
+        with transaction.atomic():
+            account = _account_lock(customer_id)
+            spend = qualifying_spend(customer_id=customer_id, as_of=as_of)
+            target = rules.tier_for_spend(spend, thresholds)
+            if target != account.tier_id:
+                PointsAccount.objects.filter(pk=customer_id).update(tier_id=target, tier_changed_at=timezone.now())
+                changed += 1
+    return {"date": on_date.isoformat(), "changed": changed}
+
+
+def vouchers_expire(*, now: dt.datetime | None = None) -> int:
+    """Issued vouchers past their validity become expired (their points are not returned)."""
+    now = now or timezone.now()
+    return Redemption.objects.filter(state=Redemption.State.ISSUED, expires_at__lte=now).update(
+        state=Redemption.State.EXPIRED
+    )
+
+
+# --- Integrations ---------------------------------------------------------------------
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@transaction.atomic
+def integration_token_create(*, name: str) -> tuple[Integration, str]:
+    """Create an integration (or give an existing one a new token); return the token, shown once."""
+    token = "lyt_" + secrets.token_urlsafe(32)
+    integration, _ = Integration.objects.get_or_create(name=name)
+    integration.token_hash = token_hash(token)
+    integration.token_prefix = token[:10]
+    integration.is_active = True
+    integration.save()
+    return integration, token
+
+
+def integration_for_import() -> Integration:
+    """The integration under which history imports are recorded (it has no token)."""
+    integration, _ = Integration.objects.get_or_create(name="history-import", defaults={"is_active": False})
+    return integration
+
