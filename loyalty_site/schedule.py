@@ -13,7 +13,12 @@ BEAT_SCHEDULE = {
         "schedule": 60.0,
         "options": {"expires": 55},
     },
+    # The loyalty core's daily jobs (program time zone), each idempotent for its date.
+    "points-expire-daily": {"task": "rewards.points_expire", "schedule": crontab(hour=0, minute=5)},
+    "tiers-recalculate-nightly": {"task": "rewards.tiers_recalculate", "schedule": crontab(hour=1, minute=0)},
+    "birthday-bonuses-daily": {
+        "task": "rewards.birthday_bonuses_award",
+        "schedule": crontab(hour=6, minute=0),
+    },
+    "ledger-check-daily": {"task": "rewards.ledger_check", "schedule": crontab(hour=3, minute=30)},
 }
-
-# Keep the crontab import used for the daily jobs added by the apps.
-__all__ = ["BEAT_SCHEDULE", "crontab"]

@@ -76,7 +76,9 @@ def purchase_points(*, amount: Decimal, lines: Iterable[Line] = (), ctx: EarnCon
     if not ctx.is_member:
         return EarnResult(0, [{"code": "not_member"}])
     if amount < ctx.minimum_spend:
-        return EarnResult(0, [{"code": "below_minimum", "amount": str(amount), "minimum": str(ctx.minimum_spend)}])
+        return EarnResult(
+            0, [{"code": "below_minimum", "amount": str(amount), "minimum": str(ctx.minimum_spend)}]
+        )
     rate = ctx.points_per_unit
     explanation: list[dict] = [
         {"code": "base", "amount": str(amount), "rate": _num(rate), "points": _num(amount * rate)}
@@ -135,7 +137,9 @@ def clawback_points(
     if points_earned <= 0 or amount <= 0:
         return 0
     refunded_after = min(amount, refunded_before + refund)
-    kept = int((Decimal(points_earned) * (amount - refunded_after) / amount).to_integral_value(rounding=ROUND_FLOOR))
+    kept = int(
+        (Decimal(points_earned) * (amount - refunded_after) / amount).to_integral_value(rounding=ROUND_FLOOR)
+    )
     return max(0, points_earned - kept - clawed_before)
 
 
@@ -158,7 +162,10 @@ def is_birthday(birthday: dt.date, on: dt.date) -> bool:
     if (birthday.month, birthday.day) == (on.month, on.day):
         return True
     return (
-        birthday.month == 2 and birthday.day == 29 and not calendar.isleap(on.year) and (on.month, on.day) == (2, 28)
+        birthday.month == 2
+        and birthday.day == 29
+        and not calendar.isleap(on.year)
+        and (on.month, on.day) == (2, 28)
     )
 
 
@@ -196,7 +203,12 @@ def _explain_line(line: Mapping) -> str:  # noqa: C901 - one branch per kind of 
     if code == "promotion":
         return _("× %(multiplier)s promotion: %(name)s") % line
     if code == "total":
-        return ngettext("= %(points)s point (rounded down)", "= %(points)s points (rounded down)", line["points"]) % line
+        return (
+            ngettext(
+                "= %(points)s point (rounded down)", "= %(points)s points (rounded down)", line["points"]
+            )
+            % line
+        )
     if code == "signup_bonus":
         return _("Welcome bonus for joining")
     if code == "birthday_bonus":
@@ -220,9 +232,12 @@ def _explain_line(line: Mapping) -> str:  # noqa: C901 - one branch per kind of 
     if code == "adjust":
         return _("Correction by staff: %(reason)s") % line
     if code == "debt_repaid":
-        return ngettext(
-            "%(points)s point repaid points debt", "%(points)s points repaid points debt", line["points"]
-        ) % line
+        return (
+            ngettext(
+                "%(points)s point repaid points debt", "%(points)s points repaid points debt", line["points"]
+            )
+            % line
+        )
     if code == "tier_upgrade":
         return _("Upgraded to %(tier)s") % line
     return str(line.get("text") or code or "")

@@ -41,7 +41,9 @@ def _program_cache_clear(**kwargs) -> None:
 
 for _model in (ProgramRules, CategoryMultiplier, Tier):
     post_save.connect(_program_cache_clear, sender=_model, dispatch_uid=f"rules-cache-{_model.__name__}")
-    post_delete.connect(_program_cache_clear, sender=_model, dispatch_uid=f"rules-cache-del-{_model.__name__}")
+    post_delete.connect(
+        _program_cache_clear, sender=_model, dispatch_uid=f"rules-cache-del-{_model.__name__}"
+    )
 
 
 def program_get() -> dict:
@@ -121,7 +123,10 @@ def tier_progress(*, account: PointsAccount, spend: Decimal) -> dict:
 def points_expiring(*, customer_id: int, within_days: int = 30, now: dt.datetime | None = None) -> int:
     now = now or timezone.now()
     total = PointsLot.objects.filter(
-        account_id=customer_id, remaining__gt=0, expires_at__isnull=False, expires_at__lte=now + dt.timedelta(days=within_days)
+        account_id=customer_id,
+        remaining__gt=0,
+        expires_at__isnull=False,
+        expires_at__lte=now + dt.timedelta(days=within_days),
     ).aggregate(total=Sum("remaining"))["total"]
     return total or 0
 

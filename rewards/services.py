@@ -26,7 +26,15 @@ from django.utils import timezone
 from accounts.models import Customer
 
 from . import rules
-from .errors import Conflict, DomainError, InsufficientPoints, NotAMember, NotFound, PointsDebt, RewardUnavailable
+from .errors import (
+    Conflict,
+    DomainError,
+    InsufficientPoints,
+    NotAMember,
+    NotFound,
+    PointsDebt,
+    RewardUnavailable,
+)
 from .models import (
     CustomerEvent,
     EventRule,
@@ -60,7 +68,9 @@ def _day_start(day: dt.date) -> dt.datetime:
 
 
 def _lot_expiry(earned_at: dt.datetime) -> dt.datetime | None:
-    expires_on = rules.expiry_date(timezone.localtime(earned_at, program_tz()).date(), program_get()["rules"].expiry_months)
+    expires_on = rules.expiry_date(
+        timezone.localtime(earned_at, program_tz()).date(), program_get()["rules"].expiry_months
+    )
     return _day_start(expires_on) if expires_on else None
 
 
@@ -69,7 +79,9 @@ def _lot_expiry(earned_at: dt.datetime) -> dt.datetime | None:
 
 def _account_lock(customer_id: int) -> PointsAccount:
     try:
-        return PointsAccount.objects.select_for_update(of=("self",)).select_related("tier").get(pk=customer_id)
+        return (
+            PointsAccount.objects.select_for_update(of=("self",)).select_related("tier").get(pk=customer_id)
+        )
     except PointsAccount.DoesNotExist:
         raise NotAMember("This customer is not a member of the loyalty program.") from None
 
@@ -168,7 +180,9 @@ def _entry_exists(key: str) -> bool:
 def _expire_due_lots(account: PointsAccount, *, before: dt.datetime) -> int:
     """Expire what is left of this member's lots that expired before `before`. Idempotent per lot."""
     expired = 0
-    for lot in PointsLot.objects.filter(account=account, remaining__gt=0, expires_at__lte=before).order_by("id"):
+    for lot in PointsLot.objects.filter(account=account, remaining__gt=0, expires_at__lte=before).order_by(
+        "id"
+    ):
         key = f"expire:lot:{lot.pk}"
         if _entry_exists(key):
             continue
@@ -222,9 +236,15 @@ def customer_enroll(
     if customer.enrolled_at is not None and PointsAccount.objects.filter(pk=customer.pk).exists():
         return customer, False
     if referral_code and customer.referred_by_id is None:
-        referrer = Customer.objects.filter(referral_code=referral_code.strip().upper()).exclude(pk=customer.pk).first()
+        referrer = (
+            Customer.objects.filter(referral_code=referral_code.strip().upper())
+            .exclude(pk=customer.pk)
+            .first()
+        )
         if referrer is None:
-            raise DomainError("Unknown referral code.", code="unknown_referral_code", fields={"referral_code": ["unknown"]})
+            raise DomainError(
+                "Unknown referral code.", code="unknown_referral_code", fields={"referral_code": ["unknown"]}
+            )
         customer.referred_by = referrer
     customer.enrolled_at = customer.enrolled_at or at
     customer.save(update_fields=["enrolled_at", "referred_by"])
@@ -292,9 +312,7 @@ def purchase_record(
             "amount": str(rules.money(Decimal(amount))),
             "currency": currency,
             "occurred_at": occurred_at.isoformat(),
-            "lines": [
-                {k: str(v) for k, v in sorted(line.items()) if v not in (None, "")} for line in lines
-            ],
+            "lines": [{k: str(v) for k, v in sorted(line.items()) if v not in (None, "")} for line in lines],
             "enroll": bool(enroll),
         }
     )
@@ -323,7 +341,19 @@ def purchase_record(
 
 
 @transaction.atomic
-def _purchase_record(*, integration, external_id, customer_ref, amount, currency, occurred_at, lines, enroll, award_points, fingerprint):
+def _purchase_record(
+    *,
+    integration,
+    external_id,
+    customer_ref,
+    amount,
+    currency,
+    occurred_at,
+    lines,
+    enroll,
+    award_points,
+    fingerprint,
+):
     customer, _created = customer_get_or_create(external_ref=customer_ref)
     if enroll and not customer.is_member:
         customer, _ = customer_enroll(customer=customer, at=min(occurred_at, timezone.now()))
@@ -339,7 +369,9 @@ def _purchase_record(*, integration, external_id, customer_ref, amount, currency
         ctx = earn_context_get(customer=customer, tier=account.tier, at=occurred_at)
         earn = rules.purchase_points(
             amount=amount,
-            lines=[rules.Line(str(line.get("category") or ""), Decimal(str(line["amount"]))) for line in lines],
+            lines=[
+                rules.Line(str(line.get("category") or ""), Decimal(str(line["amount"]))) for line in lines
+            ],
             ctx=ctx,
         )
     purchase = Purchase.objects.create(
@@ -428,7 +460,9 @@ def _referral_bonus_check(account: PointsAccount, customer: Customer, *, purchas
             kind=Kind.BONUS,
             points=program.referral_bonus_referrer,
             key=f"referral:{customer.pk}:referrer",
-            explanation=[{"code": "referral_referrer", "friend": customer.first_name or customer.external_ref}],
+            explanation=[
+                {"code": "referral_referrer", "friend": customer.first_name or customer.external_ref}
+            ],
             at=now,
             purchase=purchase,
         )
@@ -464,10 +498,14 @@ def purchase_refund(
     existing = Refund.objects.filter(integration=integration, refund_id=refund_id).first()
     if existing:
         if existing.request_hash != fingerprint:
-            raise Conflict(f"Refund {refund_id!r} was already recorded with different data.", code="idempotency_conflict")
+            raise Conflict(
+                f"Refund {refund_id!r} was already recorded with different data.", code="idempotency_conflict"
+            )
         return RefundResult(existing, False)
     if amount <= 0:
-        raise DomainError("The refund amount must be positive.", code="invalid_amount", fields={"amount": ["positive"]})
+        raise DomainError(
+            "The refund amount must be positive.", code="invalid_amount", fields={"amount": ["positive"]}
+        )
     refundable = purchase.amount - purchase.refunded_amount
     if amount > refundable:
         raise DomainError(
@@ -552,7 +590,10 @@ def event_record(
     def existing():
         event = CustomerEvent.objects.filter(integration=integration, external_id=external_id).first()
         if event and event.request_hash != fingerprint:
-            raise Conflict(f"Event {external_id!r} was already recorded with different data.", code="idempotency_conflict")
+            raise Conflict(
+                f"Event {external_id!r} was already recorded with different data.",
+                code="idempotency_conflict",
+            )
         return EventResult(event, False) if event else None
 
     replay = existing()
@@ -577,13 +618,17 @@ def event_record(
             rule = EventRule.objects.filter(event_type=event_type, is_active=True).first()
             if account is not None and rule is not None:
                 start = _period_start(rule.cap_period, occurred_at)
-                done = CustomerEvent.objects.filter(customer=customer, event_type=event_type, points_awarded__gt=0)
+                done = CustomerEvent.objects.filter(
+                    customer=customer, event_type=event_type, points_awarded__gt=0
+                )
                 if start is not None:
                     done = done.filter(occurred_at__gte=start)
                 result = rules.event_points(
                     rule_points=rule.points, cap_count=rule.cap_count, already_awarded_in_period=done.count()
                 )
-                explanation = [{**line, "name": rule.name, "event_type": event_type} for line in result.explanation]
+                explanation = [
+                    {**line, "name": rule.name, "event_type": event_type} for line in result.explanation
+                ]
                 if result.points > 0:
                     _credit(
                         account,
@@ -594,7 +639,9 @@ def event_record(
                         at=timezone.now(),
                         event=event,
                     )
-                CustomerEvent.objects.filter(pk=event.pk).update(points_awarded=result.points, explanation=explanation)
+                CustomerEvent.objects.filter(pk=event.pk).update(
+                    points_awarded=result.points, explanation=explanation
+                )
                 event.points_awarded, event.explanation = result.points, explanation
             return EventResult(event, True)
     except IntegrityError:
@@ -638,15 +685,19 @@ def reward_redeem(
         existing = Redemption.objects.filter(customer=customer, idempotency_key=idempotency_key).first()
         if existing:
             if existing.reward_id != reward_id:
-                raise Conflict("This idempotency key was used for another reward.", code="idempotency_conflict")
+                raise Conflict(
+                    "This idempotency key was used for another reward.", code="idempotency_conflict"
+                )
             return RedeemResult(existing, False)
     reward = Reward.objects.filter(pk=reward_id).first()
     if reward is None:
         raise NotFound("No such reward.")
     if reward.stock is not None:
         reward = Reward.objects.select_for_update().get(pk=reward_id)
-    if not reward.is_active or (reward.active_from and reward.active_from > now) or (
-        reward.active_until and reward.active_until <= now
+    if (
+        not reward.is_active
+        or (reward.active_from and reward.active_from > now)
+        or (reward.active_until and reward.active_until <= now)
     ):
         raise RewardUnavailable("This reward is not available now.")
     if reward.stock is not None and reward.stock <= 0:
@@ -656,9 +707,15 @@ def reward_redeem(
     ):
         raise RewardUnavailable(f"This reward needs the {reward.min_tier.name} tier.", code="tier_too_low")
     if reward.per_customer_limit is not None:
-        taken = Redemption.objects.filter(customer=customer, reward=reward).exclude(state=Redemption.State.CANCELLED).count()
+        taken = (
+            Redemption.objects.filter(customer=customer, reward=reward)
+            .exclude(state=Redemption.State.CANCELLED)
+            .count()
+        )
         if taken >= reward.per_customer_limit:
-            raise RewardUnavailable("The limit for this reward per customer is reached.", code="limit_reached")
+            raise RewardUnavailable(
+                "The limit for this reward per customer is reached.", code="limit_reached"
+            )
     _expire_due_lots(account, before=now)
     if account.balance < 0:
         raise PointsDebt(f"There is a points debt of {-account.balance} to repay before redeeming.")
@@ -698,11 +755,15 @@ def redemption_cancel(*, redemption_id: int, reason: str = "", customer_id: int 
     if redemption is None or (customer_id is not None and redemption.customer_id != customer_id):
         raise NotFound("No such redemption.")
     account = _account_lock(redemption.customer_id)
-    redemption = Redemption.objects.select_for_update(of=("self",)).select_related("reward").get(pk=redemption_id)
+    redemption = (
+        Redemption.objects.select_for_update(of=("self",)).select_related("reward").get(pk=redemption_id)
+    )
     if redemption.state == Redemption.State.CANCELLED:
         return redemption
     if redemption.state != Redemption.State.ISSUED:
-        raise Conflict(f"A {redemption.get_state_display()} voucher cannot be cancelled.", code="not_cancellable")
+        raise Conflict(
+            f"A {redemption.get_state_display()} voucher cannot be cancelled.", code="not_cancellable"
+        )
     redeem_entry = LedgerEntry.objects.get(idempotency_key=f"redemption:{redemption.pk}")
     expiries = list(
         LotConsumption.objects.filter(entry=redeem_entry).values_list("lot__expires_at", flat=True)
@@ -762,7 +823,9 @@ def points_adjust(
     points debt (e.g. taking back a bonus given by mistake and already spent).
     Idempotent on `idempotency_key` when given."""
     if not points:
-        raise DomainError("An adjustment must change the balance.", code="zero_points", fields={"points": ["not 0"]})
+        raise DomainError(
+            "An adjustment must change the balance.", code="zero_points", fields={"points": ["not 0"]}
+        )
     if not (reason or "").strip():
         raise DomainError("A reason is required.", code="reason_required", fields={"reason": ["required"]})
     account = _account_lock(customer.pk)
@@ -770,13 +833,13 @@ def points_adjust(
     existing = LedgerEntry.objects.filter(idempotency_key=key).first()
     if existing:
         return existing
-    common = dict(
-        key=key,
-        explanation=[{"code": "adjust", "reason": reason.strip()}],
-        at=timezone.now(),
-        staff_user=staff_user,
-        reason=reason.strip(),
-    )
+    common = {
+        "key": key,
+        "explanation": [{"code": "adjust", "reason": reason.strip()}],
+        "at": timezone.now(),
+        "staff_user": staff_user,
+        "reason": reason.strip(),
+    }
     if points > 0:
         return _credit(account, kind=Kind.ADJUST, points=points, **common)
     return _debit(account, kind=Kind.ADJUST, points=-points, allow_debt=True, **common)
@@ -789,7 +852,9 @@ def points_expire(*, on_date: dt.date) -> dict:
     """Expire what is left of every lot whose validity ended before `on_date` starts."""
     before = _day_start(on_date)
     account_ids = list(
-        PointsLot.objects.filter(remaining__gt=0, expires_at__lte=before).values_list("account_id", flat=True).distinct()
+        PointsLot.objects.filter(remaining__gt=0, expires_at__lte=before)
+        .values_list("account_id", flat=True)
+        .distinct()
     )
     accounts = points = 0
     for account_id in account_ids:
@@ -863,7 +928,9 @@ def tiers_recalculate(*, on_date: dt.date) -> dict:
             spend = qualifying_spend(customer_id=customer_id, as_of=as_of)
             target = rules.tier_for_spend(spend, thresholds)
             if target != account.tier_id:
-                PointsAccount.objects.filter(pk=customer_id).update(tier_id=target, tier_changed_at=timezone.now())
+                PointsAccount.objects.filter(pk=customer_id).update(
+                    tier_id=target, tier_changed_at=timezone.now()
+                )
                 changed += 1
     return {"date": on_date.isoformat(), "changed": changed}
 
@@ -899,4 +966,3 @@ def integration_for_import() -> Integration:
     """The integration under which history imports are recorded (it has no token)."""
     integration, _ = Integration.objects.get_or_create(name="history-import", defaults={"is_active": False})
     return integration
-

@@ -82,7 +82,9 @@ def program_rules_set(**values) -> ProgramRules:
 def standard_tiers() -> tuple[Tier, Tier, Tier]:
     return (
         TierFactory(code="bronze", name="Bronze", min_qualifying_spend=Decimal("0"), multiplier=Decimal("1")),
-        TierFactory(code="silver", name="Silver", min_qualifying_spend=Decimal("2000"), multiplier=Decimal("1.25")),
+        TierFactory(
+            code="silver", name="Silver", min_qualifying_spend=Decimal("2000"), multiplier=Decimal("1.25")
+        ),
         TierFactory(code="gold", name="Gold", min_qualifying_spend=Decimal("5000"), multiplier=Decimal("2")),
     )
 

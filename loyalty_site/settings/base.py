@@ -140,6 +140,8 @@ CACHES = {
 # https://django-environ.readthedocs.io/en/latest/types.html#environ-env-email-url
 # e.g. smtp://user:password@mail.example.com:587/?tls=True ; consolemail:// ; filemail://
 vars().update(env.email_url("EMAIL_URL", default="smtp://127.0.0.1:25"))
+# Who receives operational alerts (ledger check failures): a comma-separated list of addresses.
+ADMINS = [(address, address) for address in env.list("ADMINS", default=[])]
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="Loyalty <loyalty@localhost>")
 SERVER_EMAIL = env("SERVER_EMAIL", default=DEFAULT_FROM_EMAIL)
 EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
@@ -180,7 +182,8 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rewards.authentication.IntegrationTokenAuthentication"],
+    "EXCEPTION_HANDLER": "rewards.api_errors.api_exception_handler",
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "UNAUTHENTICATED_USER": None,
 }

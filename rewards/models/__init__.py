@@ -1,7 +1,16 @@
 """The loyalty core's data, split by concept: the program's rules, the ledger, the catalog."""
 
 from .catalog import Redemption, Reward
-from .ledger import CustomerEvent, LedgerEntry, LotConsumption, PointsAccount, PointsLot, Purchase, PurchaseLine, Refund
+from .ledger import (
+    CustomerEvent,
+    LedgerEntry,
+    LotConsumption,
+    PointsAccount,
+    PointsLot,
+    Purchase,
+    PurchaseLine,
+    Refund,
+)
 from .program import CategoryMultiplier, EventRule, Integration, ProgramRules, Promotion, Tier
 
 __all__ = [

@@ -26,7 +26,10 @@ class Reward(models.Model):
         Tier, verbose_name=_("minimum tier"), null=True, blank=True, on_delete=models.PROTECT
     )
     validity_days = models.PositiveIntegerField(
-        _("voucher valid for (days)"), null=True, blank=True, help_text=_("Empty: the voucher does not expire.")
+        _("voucher valid for (days)"),
+        null=True,
+        blank=True,
+        help_text=_("Empty: the voucher does not expire."),
     )
     is_active = models.BooleanField(_("active"), default=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -63,7 +63,9 @@ class Purchase(models.Model):
         verbose_name = _("purchase")
         verbose_name_plural = _("purchases")
         constraints = [
-            models.UniqueConstraint(fields=["integration", "external_id"], name="purchase_unique_per_integration"),
+            models.UniqueConstraint(
+                fields=["integration", "external_id"], name="purchase_unique_per_integration"
+            ),
             models.CheckConstraint(condition=Q(amount__gte=0), name="purchase_amount_not_negative"),
             models.CheckConstraint(
                 condition=Q(refunded_amount__gte=0) & Q(refunded_amount__lte=F("amount")),
@@ -97,6 +99,9 @@ class PurchaseLine(models.Model):
         verbose_name = _("purchase line")
         verbose_name_plural = _("purchase lines")
 
+    def __str__(self) -> str:
+        return f"{self.category or self.sku}: {self.amount}"
+
 
 class Refund(models.Model):
     """A full or partial refund of a purchase, by amount."""
@@ -115,9 +120,14 @@ class Refund(models.Model):
         verbose_name = _("refund")
         verbose_name_plural = _("refunds")
         constraints = [
-            models.UniqueConstraint(fields=["integration", "refund_id"], name="refund_unique_per_integration"),
+            models.UniqueConstraint(
+                fields=["integration", "refund_id"], name="refund_unique_per_integration"
+            ),
             models.CheckConstraint(condition=Q(amount__gt=0), name="refund_amount_positive"),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.refund_id} ({self.amount})"
 
 
 class CustomerEvent(models.Model):
@@ -138,9 +148,14 @@ class CustomerEvent(models.Model):
         verbose_name = _("customer event")
         verbose_name_plural = _("customer events")
         constraints = [
-            models.UniqueConstraint(fields=["integration", "external_id"], name="event_unique_per_integration")
+            models.UniqueConstraint(
+                fields=["integration", "external_id"], name="event_unique_per_integration"
+            )
         ]
         indexes = [models.Index(fields=["customer", "event_type", "occurred_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.external_id}"
 
 
 class LedgerEntry(models.Model):
@@ -165,8 +180,12 @@ class LedgerEntry(models.Model):
     # Structured lines (code + values) rendered in the reader's language by rules.explain().
     explanation = models.JSONField(default=list, blank=True)
     # The cause: exactly the relevant ones are set.
-    purchase = models.ForeignKey(Purchase, null=True, blank=True, on_delete=models.PROTECT, related_name="entries")
-    refund = models.ForeignKey(Refund, null=True, blank=True, on_delete=models.PROTECT, related_name="entries")
+    purchase = models.ForeignKey(
+        Purchase, null=True, blank=True, on_delete=models.PROTECT, related_name="entries"
+    )
+    refund = models.ForeignKey(
+        Refund, null=True, blank=True, on_delete=models.PROTECT, related_name="entries"
+    )
     redemption = models.ForeignKey(
         "rewards.Redemption", null=True, blank=True, on_delete=models.PROTECT, related_name="entries"
     )
@@ -176,7 +195,9 @@ class LedgerEntry(models.Model):
     lot = models.ForeignKey(
         "rewards.PointsLot", null=True, blank=True, on_delete=models.PROTECT, related_name="expiry_entries"
     )
-    reverses = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="reversals")
+    reverses = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="reversals"
+    )
     staff_user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
@@ -220,7 +241,9 @@ class PointsLot(models.Model):
         verbose_name = _("points lot")
         verbose_name_plural = _("points lots")
         constraints = [
-            models.CheckConstraint(condition=Q(remaining__lte=F("points")), name="lot_remaining_within_points"),
+            models.CheckConstraint(
+                condition=Q(remaining__lte=F("points")), name="lot_remaining_within_points"
+            ),
         ]
         indexes = [
             models.Index(
@@ -228,6 +251,9 @@ class PointsLot(models.Model):
             ),
             models.Index(fields=["expires_at"], condition=Q(remaining__gt=0), name="lot_open_expiry"),
         ]
+
+    def __str__(self) -> str:
+        return f"lot {self.pk}: {self.remaining}/{self.points}"
 
 
 class LotConsumption(models.Model):
@@ -239,3 +265,6 @@ class LotConsumption(models.Model):
 
     class Meta:
         constraints = [models.CheckConstraint(condition=Q(points__gt=0), name="consumption_positive")]
+
+    def __str__(self) -> str:
+        return f"{self.points} from lot {self.lot_id}"

@@ -127,7 +127,9 @@ class Promotion(models.Model):
         verbose_name_plural = _("promotions")
         ordering = ["-starts_at"]
         constraints = [
-            models.CheckConstraint(condition=models.Q(ends_at__gt=models.F("starts_at")), name="promotion_window")
+            models.CheckConstraint(
+                condition=models.Q(ends_at__gt=models.F("starts_at")), name="promotion_window"
+            )
         ]
         indexes = [models.Index(fields=["starts_at", "ends_at"])]
 
@@ -151,7 +153,9 @@ class EventRule(models.Model):
     cap_count = models.PositiveIntegerField(
         _("at most this many times"), null=True, blank=True, help_text=_("Empty: no cap.")
     )
-    cap_period = models.CharField(_("cap period"), max_length=8, choices=CapPeriod.choices, default=CapPeriod.NONE)
+    cap_period = models.CharField(
+        _("cap period"), max_length=8, choices=CapPeriod.choices, default=CapPeriod.NONE
+    )
     is_active = models.BooleanField(_("active"), default=True)
 
     class Meta:
@@ -184,3 +188,7 @@ class Integration(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    # DRF treats the authenticated integration as the request's user.
+    is_authenticated = True
+    is_anonymous = False

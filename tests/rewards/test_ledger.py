@@ -39,7 +39,11 @@ def test_enrolment_gives_the_signup_bonus_once(member):
 def test_purchase_earns_points_rounded_down_with_category_multiplier(member, integration):
     CategoryMultiplierFactory(category="coffee", multiplier=Decimal("2"))
     result = buy(
-        integration, member, "99.90", "p1", lines=[{"category": "coffee", "amount": "20.00"}, {"category": "food", "amount": "79.90"}]
+        integration,
+        member,
+        "99.90",
+        "p1",
+        lines=[{"category": "coffee", "amount": "20.00"}, {"category": "food", "amount": "79.90"}],
     )
     # 99.90 base + 20 extra for coffee = 119.90 → 119
     assert result.points_earned == 119
@@ -59,7 +63,11 @@ def test_same_purchase_twice_is_recorded_once_and_other_data_conflicts(member, i
 
 def test_non_member_purchase_is_recorded_but_earns_nothing(program, integration):
     result = services.purchase_record(
-        integration=integration, external_id="x", customer_ref="NEW1", amount=Decimal("300"), currency="DKK",
+        integration=integration,
+        external_id="x",
+        customer_ref="NEW1",
+        amount=Decimal("300"),
+        currency="DKK",
         occurred_at=timezone.now(),
     )
     assert result.points_earned == 0 and result.purchase.customer.is_member is False
@@ -71,7 +79,9 @@ def test_buy_redeem_refund_leaves_member_in_debt_and_next_purchase_repays(member
     reward = RewardFactory(cost_points=1050)
     services.reward_redeem(customer=member, reward_id=reward.pk)
     assert balance(member) == 0
-    services.purchase_refund(integration=integration, purchase_external_id="p1", refund_id="r1", amount=Decimal("1000"))
+    services.purchase_refund(
+        integration=integration, purchase_external_id="p1", refund_id="r1", amount=Decimal("1000")
+    )
     assert balance(member) == -1000
     with pytest.raises(PointsDebt):
         services.reward_redeem(customer=member, reward_id=RewardFactory(cost_points=1).pk)
@@ -83,9 +93,13 @@ def test_buy_redeem_refund_leaves_member_in_debt_and_next_purchase_repays(member
 
 def test_partial_refunds_claw_back_proportionally_and_fully_at_the_end(member, integration):
     buy(integration, member, "99", "p1")
-    services.purchase_refund(integration=integration, purchase_external_id="p1", refund_id="r1", amount=Decimal("33"))
+    services.purchase_refund(
+        integration=integration, purchase_external_id="p1", refund_id="r1", amount=Decimal("33")
+    )
     assert balance(member) == 50 + 66
-    services.purchase_refund(integration=integration, purchase_external_id="p1", refund_id="r2", amount=Decimal("66"))
+    services.purchase_refund(
+        integration=integration, purchase_external_id="p1", refund_id="r2", amount=Decimal("66")
+    )
     assert balance(member) == 50
 
 
@@ -130,7 +144,11 @@ def test_spending_consumes_the_oldest_lot_first(member, integration):
         PointsLot.objects.filter(account_id=member.pk).values_list("entry__idempotency_key", "remaining")
     )
     # oldest first: the 300-day lot (100), then the 10-day lot (20 of 40); the signup bonus (now) is untouched
-    assert remaining == {f"purchase:{_pid('old')}:earn": 0, f"purchase:{_pid('new')}:earn": 20, f"signup:{member.pk}": 50}
+    assert remaining == {
+        f"purchase:{_pid('old')}:earn": 0,
+        f"purchase:{_pid('new')}:earn": 20,
+        f"signup:{member.pk}": 50,
+    }
 
 
 def _pid(external_id):
@@ -145,7 +163,11 @@ def test_database_refuses_update_and_delete_of_entries_issued_as_raw_sql(member)
         "UPDATE rewards_ledgerentry SET points = 1000 WHERE id = %s",
         "DELETE FROM rewards_ledgerentry WHERE id = %s",
     ):
-        with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+        with (
+            pytest.raises(DatabaseError, match="append-only"),
+            transaction.atomic(),
+            connection.cursor() as cursor,
+        ):
             cursor.execute(sql, [entry.pk])
     assert LedgerEntry.objects.get(pk=entry.pk).points == 50
 
@@ -155,13 +177,17 @@ def test_tier_upgrades_on_the_purchase_that_crosses_and_downgrades_nightly(membe
     buy(integration, member, "2500", "p2", at=days_ago(200))
     account = PointsAccount.objects.get(pk=member.pk)
     assert account.tier.code == "silver"
-    services.purchase_refund(integration=integration, purchase_external_id="p2", refund_id="r", amount=Decimal("2000"))
+    services.purchase_refund(
+        integration=integration, purchase_external_id="p2", refund_id="r", amount=Decimal("2000")
+    )
     services.tiers_recalculate(on_date=timezone.localdate())
     assert PointsAccount.objects.get(pk=member.pk).tier.code == "bronze"
 
 
 def test_adjust_needs_a_reason_and_keeps_who(member, admin_user):
-    entry = services.points_adjust(customer=member, points=-70, reason="Duplicate bonus", staff_user=admin_user)
+    entry = services.points_adjust(
+        customer=member, points=-70, reason="Duplicate bonus", staff_user=admin_user
+    )
     assert entry.balance_after == -20 and entry.staff_user == admin_user
     assert ledger_list(customer_id=member.pk).first().kind == "adjust"
 

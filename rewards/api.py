@@ -1,0 +1,783 @@
+"""The integration API under /api/v1/: thin views that validate, call one service, shape the output."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal, InvalidOperation
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+    inline_serializer,
+)
+from rest_framework import serializers
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.models import Customer
+
+from . import rules, selectors, services
+from .errors import DomainError, NotFound
+from .models import LedgerEntry, PointsAccount, Redemption
+
+MAX_AMOUNT = Decimal("10000000")  # 10 million in the program currency: anything above is a mistake
+OLDEST_DATE = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+FUTURE_TOLERANCE = dt.timedelta(days=1)
+LANGUAGE_CODES = [code for code, _ in settings.LANGUAGES]
+
+
+# --- Fields and shared serializers ----------------------------------------------------
+
+
+@extend_schema_field(
+    {"type": "string", "format": "decimal", "pattern": r"^\d{1,7}(\.\d{1,2})?$", "example": "129.95"}
+)
+class DecimalStringField(serializers.Field):
+    """A money amount as a decimal string ("129.95"): positive, finite, at most 2 decimals."""
+
+    default_error_messages = {
+        "not_string": 'Send amounts as decimal strings, e.g. "129.95".',
+        "invalid": "Not a decimal number.",
+        "not_positive": "Must be greater than 0.",
+        "decimals": "At most 2 decimal places.",
+        "too_large": f"Must be at most {MAX_AMOUNT}.",
+    }
+
+    def __init__(self, *, allow_zero: bool = False, **kwargs):
+        self.allow_zero = allow_zero
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("not_string")
+        try:
+            value = Decimal(data.strip())
+        except (InvalidOperation, ValueError):
+            self.fail("invalid")
+        if not value.is_finite():
+            self.fail("invalid")
+        if value < 0 or (value == 0 and not self.allow_zero):
+            self.fail("not_positive")
+        if value.as_tuple().exponent < -2:
+            self.fail("decimals")
+        if value > MAX_AMOUNT:
+            self.fail("too_large")
+        return value.quantize(Decimal("0.01"))
+
+    def to_representation(self, value):
+        return str(value)
+
+
+def _check_time(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    if value > timezone.now() + FUTURE_TOLERANCE:
+        raise serializers.ValidationError("Must not be in the future.")
+    if value < OLDEST_DATE:
+        raise serializers.ValidationError("Must be after 2000-01-01.")
+    return value
+
+
+class ErrorSerializer(serializers.Serializer):
+    error = inline_serializer(
+        "ErrorDetail",
+        fields={
+            "code": serializers.CharField(),
+            "message": serializers.CharField(),
+            "fields": serializers.DictField(child=serializers.ListField(child=serializers.CharField())),
+        },
+    )
+
+
+def errors(*statuses: int) -> dict:
+    meaning = {
+        400: "Malformed or invalid input",
+        401: "Missing or invalid token",
+        403: "Not allowed",
+        404: "Not found",
+        409: "Conflict with an earlier request or the object's state",
+        422: "Refused by a business rule",
+    }
+    return {s: OpenApiResponse(ErrorSerializer, description=meaning[s]) for s in statuses}
+
+
+def _customer(external_ref: str) -> Customer:
+    customer = Customer.objects.filter(external_ref=external_ref).first()
+    if customer is None:
+        raise NotFound(f"No customer {external_ref!r}.")
+    return customer
+
+
+# --- Purchases -----------------------------------------------------------------------
+
+
+class ItemIn(serializers.Serializer):
+    sku = serializers.CharField(max_length=64, required=False, allow_blank=True)
+    category = serializers.CharField(max_length=64, required=False, allow_blank=True)
+    quantity = serializers.DecimalField(
+        max_digits=10, decimal_places=3, required=False, min_value=Decimal("0"), max_value=Decimal("1000000")
+    )
+    amount = DecimalStringField(allow_zero=True)
+
+
+class PurchaseIn(serializers.Serializer):
+    external_id = serializers.CharField(max_length=100)
+    customer = serializers.CharField(max_length=64, help_text="The customer's external_ref.")
+    amount = DecimalStringField()
+    currency = serializers.CharField(min_length=3, max_length=3)
+    occurred_at = serializers.DateTimeField()
+    items = ItemIn(many=True, required=False, max_length=500)
+    enroll = serializers.BooleanField(required=False, default=False)
+
+    def validate_occurred_at(self, value):
+        return _check_time(value)
+
+    def validate_currency(self, value):
+        if value.upper() != settings.PROGRAM_CURRENCY:
+            raise serializers.ValidationError(f"Only {settings.PROGRAM_CURRENCY} is accepted.")
+        return value.upper()
+
+
+class PurchaseOut(serializers.Serializer):
+    external_id = serializers.CharField()
+    customer = serializers.CharField()
+    member = serializers.BooleanField()
+    points_earned = serializers.IntegerField()
+    balance = serializers.IntegerField(allow_null=True)
+    explanation = serializers.ListField(child=serializers.CharField())
+    summary = serializers.CharField()
+
+
+def purchase_out(purchase) -> dict:
+    return {
+        "external_id": purchase.external_id,
+        "customer": purchase.customer.external_ref,
+        "member": purchase.was_member,
+        "points_earned": purchase.points_earned,
+        "balance": purchase.balance_after,
+        "explanation": rules.explain(purchase.explanation),
+        "summary": rules.explain_summary(purchase.points_earned, purchase.explanation)
+        if purchase.explanation
+        else "",
+    }
+
+
+def _purchase_from(integration, data) -> services.PurchaseResult:
+    return services.purchase_record(
+        integration=integration,
+        external_id=data["external_id"],
+        customer_ref=data["customer"],
+        amount=data["amount"],
+        currency=data["currency"],
+        occurred_at=data["occurred_at"],
+        lines=[dict(item) for item in data.get("items", [])],
+        enroll=data.get("enroll", False),
+    )
+
+
+PURCHASE_EXAMPLE = OpenApiExample(
+    "A basket with coffee",
+    value={
+        "external_id": "POS1-2026-000123",
+        "customer": "C000042",
+        "amount": "129.95",
+        "currency": "DKK",
+        "occurred_at": "2026-11-23T10:15:00+01:00",
+        "items": [{"sku": "ESP-1", "category": "coffee-beans", "quantity": "1", "amount": "89.95"}],
+    },
+    request_only=True,
+)
+
+
+class PurchaseCreateView(APIView):
+    @extend_schema(
+        operation_id="purchase_record",
+        summary="Record a purchase",
+        description=(
+            "Members earn points under the rules in force at `occurred_at`; non-members' purchases are "
+            "recorded for analytics. Idempotent on (integration, external_id): the same body again returns "
+            "the original result with 200; the same id with another body is 409."
+        ),
+        request=PurchaseIn,
+        responses={201: PurchaseOut, 200: PurchaseOut, **errors(400, 401, 409, 422)},
+        examples=[PURCHASE_EXAMPLE],
+    )
+    def post(self, request):
+        serializer = PurchaseIn(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        result = _purchase_from(request.auth, serializer.validated_data)
+        return Response(purchase_out(result.purchase), status=201 if result.created else 200)
+
+
+class PurchaseBatchIn(serializers.Serializer):
+    purchases = serializers.ListField(child=serializers.DictField(), min_length=1, max_length=1000)
+
+
+class PurchaseBatchView(APIView):
+    @extend_schema(
+        operation_id="purchase_record_batch",
+        summary="Record up to 1,000 purchases",
+        description=(
+            "Each purchase is validated and recorded on its own; the answer has a result per item, in order."
+        ),
+        request=PurchaseBatchIn,
+        responses={
+            200: inline_serializer(
+                "PurchaseBatchOut",
+                fields={
+                    "results": serializers.ListField(
+                        child=inline_serializer(
+                            "PurchaseBatchItem",
+                            fields={
+                                "index": serializers.IntegerField(),
+                                "status": serializers.IntegerField(),
+                                "result": PurchaseOut(required=False),
+                                "error": ErrorSerializer(required=False),
+                            },
+                        )
+                    )
+                },
+            ),
+            **errors(400, 401),
+        },
+    )
+    def post(self, request):
+        batch = PurchaseBatchIn(data=request.data)
+        batch.is_valid(raise_exception=True)
+        from .api_errors import _flatten, error_body
+
+        results = []
+        for index, raw in enumerate(batch.validated_data["purchases"]):
+            item = PurchaseIn(data=raw)
+            if not item.is_valid():
+                fields = _flatten(item.errors)
+                results.append(
+                    {"index": index, "status": 400, **error_body("invalid", "Invalid purchase.", fields)}
+                )
+                continue
+            try:
+                result = _purchase_from(request.auth, item.validated_data)
+            except DomainError as exc:
+                results.append(
+                    {
+                        "index": index,
+                        "status": exc.http_status,
+                        **error_body(exc.code, exc.message, exc.fields),
+                    }
+                )
+                continue
+            results.append(
+                {
+                    "index": index,
+                    "status": 201 if result.created else 200,
+                    "result": purchase_out(result.purchase),
+                }
+            )
+        return Response({"results": results})
+
+
+class RefundIn(serializers.Serializer):
+    refund_id = serializers.CharField(max_length=100)
+    amount = DecimalStringField()
+    occurred_at = serializers.DateTimeField(required=False)
+
+    def validate_occurred_at(self, value):
+        return _check_time(value)
+
+
+class RefundOut(serializers.Serializer):
+    refund_id = serializers.CharField()
+    purchase = serializers.CharField()
+    amount = serializers.CharField()
+    refunded_total = serializers.CharField()
+    points_clawed_back = serializers.IntegerField()
+    balance = serializers.IntegerField(allow_null=True)
+
+
+class RefundCreateView(APIView):
+    @extend_schema(
+        operation_id="purchase_refund",
+        summary="Refund part or all of a purchase",
+        description=(
+            "Claws back the purchase's points in proportion to the refunded amount, even if they were spent "
+            "(the balance may become points debt). Idempotent on refund_id."
+        ),
+        request=RefundIn,
+        responses={201: RefundOut, 200: RefundOut, **errors(400, 401, 404, 409, 422)},
+        examples=[
+            OpenApiExample("Half refunded", value={"refund_id": "R-77", "amount": "64.97"}, request_only=True)
+        ],
+    )
+    def post(self, request, external_id: str):
+        serializer = RefundIn(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        result = services.purchase_refund(
+            integration=request.auth,
+            purchase_external_id=external_id,
+            refund_id=data["refund_id"],
+            amount=data["amount"],
+            occurred_at=data.get("occurred_at"),
+        )
+        refund = result.refund
+        refund.purchase.refresh_from_db()
+        body = {
+            "refund_id": refund.refund_id,
+            "purchase": refund.purchase.external_id,
+            "amount": str(refund.amount),
+            "refunded_total": str(refund.purchase.refunded_amount),
+            "points_clawed_back": refund.points_clawed_back,
+            "balance": refund.balance_after,
+        }
+        return Response(body, status=201 if result.created else 200)
+
+
+# --- Customers --------------------------------------------------------------------------
+
+
+class TierOut(serializers.Serializer):
+    code = serializers.CharField()
+    name = serializers.CharField()
+    multiplier = serializers.CharField()
+
+
+class CustomerOut(serializers.Serializer):
+    external_ref = serializers.CharField()
+    member = serializers.BooleanField()
+    enrolled_at = serializers.DateTimeField(allow_null=True)
+    balance = serializers.IntegerField()
+    points_debt = serializers.IntegerField()
+    points_expiring_30_days = serializers.IntegerField()
+    tier = TierOut(allow_null=True)
+    qualifying_spend = serializers.CharField()
+    next_tier = TierOut(allow_null=True)
+    spend_to_next_tier = serializers.CharField(allow_null=True)
+    tier_progress = serializers.FloatField(allow_null=True)
+    referral_code = serializers.CharField(allow_null=True)
+
+
+def _tier_out(tier, language):
+    return (
+        {"code": tier.code, "name": tier.name_in(language), "multiplier": str(tier.multiplier)}
+        if tier
+        else None
+    )
+
+
+def customer_out(customer: Customer) -> dict:
+    account = PointsAccount.objects.select_related("tier").filter(pk=customer.pk).first()
+    body = {
+        "external_ref": customer.external_ref,
+        "member": customer.is_member,
+        "enrolled_at": customer.enrolled_at,
+        "balance": 0,
+        "points_debt": 0,
+        "points_expiring_30_days": 0,
+        "tier": None,
+        "qualifying_spend": "0.00",
+        "next_tier": None,
+        "spend_to_next_tier": None,
+        "tier_progress": None,
+        "referral_code": customer.referral_code if customer.is_member else None,
+    }
+    if account is None:
+        return body
+    spend = selectors.qualifying_spend(customer_id=customer.pk, as_of=timezone.now())
+    progress = selectors.tier_progress(account=account, spend=spend)
+    body.update(
+        balance=account.balance,
+        points_debt=max(0, -account.balance),
+        points_expiring_30_days=selectors.points_expiring(customer_id=customer.pk, within_days=30),
+        tier=_tier_out(account.tier, customer.language),
+        qualifying_spend=str(rules.money(spend)),
+        next_tier=_tier_out(progress["next_tier"], customer.language),
+        spend_to_next_tier=str(rules.money(progress["spend_to_next_tier"]))
+        if progress["next_tier"]
+        else None,
+        tier_progress=progress["progress"],
+    )
+    return body
+
+
+class CustomerDetailView(APIView):
+    @extend_schema(
+        operation_id="customer_get",
+        summary="A customer's balance, tier and progress",
+        responses={200: CustomerOut, **errors(401, 404)},
+    )
+    def get(self, request, external_ref: str):
+        return Response(CustomerOut(customer_out(_customer(external_ref))).data)
+
+
+class EnrollIn(serializers.Serializer):
+    email = serializers.EmailField(required=False, allow_blank=True)
+    first_name = serializers.CharField(max_length=150, required=False, allow_blank=True)
+    last_name = serializers.CharField(max_length=150, required=False, allow_blank=True)
+    birthday = serializers.DateField(required=False, allow_null=True)
+    language = serializers.ChoiceField(choices=LANGUAGE_CODES, required=False)
+    marketing_consent = serializers.BooleanField(required=False)
+    referral_code = serializers.CharField(max_length=16, required=False, allow_blank=True)
+
+    def validate_birthday(self, value):
+        if value and (value > timezone.localdate() or value.year < 1900):
+            raise serializers.ValidationError("Not a plausible birthday.")
+        return value
+
+
+class CustomerEnrollView(APIView):
+    @extend_schema(
+        operation_id="customer_enroll",
+        summary="Enroll a customer in the program (creating them if unknown)",
+        description=(
+            "Gives the signup bonus once. Enrolling an existing member changes nothing and answers 200."
+        ),
+        request=EnrollIn,
+        responses={201: CustomerOut, 200: CustomerOut, **errors(400, 401, 422)},
+    )
+    def post(self, request, external_ref: str):
+        serializer = EnrollIn(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        if len(external_ref) > 64:
+            raise DomainError("The customer reference is too long (64 characters at most).", code="invalid")
+        referral_code = data.pop("referral_code", None)
+        with transaction.atomic():
+            customer, _ = services.customer_get_or_create(external_ref=external_ref)
+            changed = []
+            for field, value in data.items():
+                if field == "marketing_consent":
+                    if value != customer.marketing_consent:
+                        customer.marketing_consent = value
+                        customer.marketing_consent_changed_at = timezone.now()
+                        changed += ["marketing_consent", "marketing_consent_changed_at"]
+                elif value not in (None, "") and not getattr(customer, field):
+                    setattr(customer, field, value)
+                    changed.append(field)
+            if changed:
+                customer.save(update_fields=changed)
+            customer, created = services.customer_enroll(
+                customer=customer, referral_code=referral_code or None
+            )
+        return Response(CustomerOut(customer_out(customer)).data, status=201 if created else 200)
+
+
+class LedgerEntryOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    kind = serializers.CharField()
+    points = serializers.IntegerField()
+    balance_after = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    explanation = serializers.ListField(child=serializers.CharField())
+    summary = serializers.CharField()
+
+
+class LedgerPagination(PageNumberPagination):
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 200
+
+
+class CustomerLedgerView(APIView):
+    @extend_schema(
+        operation_id="customer_ledger",
+        summary="A member's ledger, newest first, with explanations",
+        parameters=[
+            OpenApiParameter("kind", str, enum=[k for k, _ in LedgerEntry.Kind.choices], required=False),
+            OpenApiParameter("page", int, required=False),
+            OpenApiParameter("page_size", int, required=False, description="At most 200."),
+        ],
+        responses={200: LedgerEntryOut(many=True), **errors(400, 401, 404)},
+    )
+    def get(self, request, external_ref: str):
+        customer = _customer(external_ref)
+        kind = request.query_params.get("kind")
+        if kind and kind not in LedgerEntry.Kind.values:
+            raise DomainError(f"Unknown kind {kind!r}.", code="invalid", fields={"kind": ["unknown"]})
+        paginator = LedgerPagination()
+        page = paginator.paginate_queryset(
+            selectors.ledger_list(customer_id=customer.pk, kind=kind), request, view=self
+        )
+        rows = [
+            {
+                "id": e.pk,
+                "kind": e.kind,
+                "points": e.points,
+                "balance_after": e.balance_after,
+                "created_at": e.created_at,
+                "explanation": rules.explain(e.explanation),
+                "summary": rules.explain_summary(e.points, e.explanation),
+            }
+            for e in page
+        ]
+        return paginator.get_paginated_response(LedgerEntryOut(rows, many=True).data)
+
+
+# --- Rewards and redemptions ------------------------------------------------------------
+
+
+class RewardOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    description = serializers.CharField()
+    cost_points = serializers.IntegerField()
+    image_url = serializers.CharField(allow_null=True)
+    stock = serializers.IntegerField(allow_null=True)
+    min_tier = serializers.CharField(allow_null=True)
+    available_until = serializers.DateTimeField(allow_null=True)
+
+
+class RewardListView(APIView):
+    @extend_schema(
+        operation_id="reward_list",
+        summary="Rewards available now",
+        parameters=[OpenApiParameter("language", str, enum=LANGUAGE_CODES, required=False)],
+        responses={200: RewardOut(many=True), **errors(401)},
+    )
+    def get(self, request):
+        language = request.query_params.get("language")
+        rows = [
+            {
+                "id": r.pk,
+                "name": r.name_in(language),
+                "description": r.description_in(language),
+                "cost_points": r.cost_points,
+                "image_url": request.build_absolute_uri(r.image.url) if r.image else None,
+                "stock": r.stock,
+                "min_tier": r.min_tier.code if r.min_tier else None,
+                "available_until": r.active_until,
+            }
+            for r in selectors.rewards_available()
+        ]
+        return Response(RewardOut(rows, many=True).data)
+
+
+class RedemptionIn(serializers.Serializer):
+    reward = serializers.IntegerField(min_value=1, max_value=2**62)
+
+
+class RedemptionOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    voucher_code = serializers.CharField()
+    reward = serializers.IntegerField()
+    reward_name = serializers.CharField()
+    points = serializers.IntegerField()
+    state = serializers.CharField()
+    expires_at = serializers.DateTimeField(allow_null=True)
+    used_at = serializers.DateTimeField(allow_null=True)
+    balance = serializers.IntegerField()
+
+
+def redemption_out(redemption: Redemption) -> dict:
+    return {
+        "id": redemption.pk,
+        "voucher_code": redemption.voucher_code,
+        "reward": redemption.reward_id,
+        "reward_name": redemption.reward.name,
+        "points": redemption.points,
+        "state": redemption.state,
+        "expires_at": redemption.expires_at,
+        "used_at": redemption.used_at,
+        "balance": PointsAccount.objects.filter(pk=redemption.customer_id)
+        .values_list("balance", flat=True)
+        .first(),
+    }
+
+
+class RedemptionCreateView(APIView):
+    @extend_schema(
+        operation_id="reward_redeem",
+        summary="Redeem points for a reward's voucher",
+        description=(
+            "Never makes the balance negative; refused while the member has points debt. Send an "
+            "`Idempotency-Key` header: the same key again returns the same voucher (200)."
+        ),
+        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
+        request=RedemptionIn,
+        responses={201: RedemptionOut, 200: RedemptionOut, **errors(400, 401, 404, 409, 422)},
+    )
+    def post(self, request, external_ref: str):
+        serializer = RedemptionIn(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        key = request.headers.get("Idempotency-Key") or None
+        if key and len(key) > 100:
+            raise DomainError("The Idempotency-Key is too long (100 characters at most).", code="invalid")
+        result = services.reward_redeem(
+            customer=_customer(external_ref),
+            reward_id=serializer.validated_data["reward"],
+            idempotency_key=f"api:{request.auth.pk}:{key}" if key else None,
+            integration=request.auth,
+        )
+        return Response(
+            RedemptionOut(redemption_out(result.redemption)).data, status=201 if result.created else 200
+        )
+
+
+class VoucherUseView(APIView):
+    @extend_schema(
+        operation_id="voucher_use",
+        summary="Mark a voucher used at the point of sale",
+        request=None,
+        responses={200: RedemptionOut, **errors(401, 404, 409)},
+    )
+    def post(self, request, code: str):
+        return Response(RedemptionOut(redemption_out(services.voucher_use(code=code))).data)
+
+
+class CancelIn(serializers.Serializer):
+    reason = serializers.CharField(max_length=200, required=False, allow_blank=True)
+
+
+class RedemptionCancelView(APIView):
+    @extend_schema(
+        operation_id="redemption_cancel",
+        summary="Cancel an unused voucher and return its points",
+        request=CancelIn,
+        responses={200: RedemptionOut, **errors(400, 401, 404, 409)},
+    )
+    def post(self, request, redemption_id: int):
+        serializer = CancelIn(data=request.data or {})
+        serializer.is_valid(raise_exception=True)
+        redemption = services.redemption_cancel(
+            redemption_id=redemption_id, reason=serializer.validated_data.get("reason", "")
+        )
+        return Response(RedemptionOut(redemption_out(redemption)).data)
+
+
+# --- Events and preview -------------------------------------------------------------------
+
+
+class EventIn(serializers.Serializer):
+    customer = serializers.CharField(max_length=64)
+    type = serializers.SlugField(max_length=64)
+    external_id = serializers.CharField(max_length=100)
+    data = serializers.DictField(required=False, default=dict)
+    occurred_at = serializers.DateTimeField(required=False)
+
+    def validate_occurred_at(self, value):
+        return _check_time(value)
+
+    def validate_data(self, value):
+        import json
+
+        if len(json.dumps(value, default=str)) > 32_000:
+            raise serializers.ValidationError("At most 32,000 characters of data.")
+        return value
+
+
+class EventOut(serializers.Serializer):
+    external_id = serializers.CharField()
+    type = serializers.CharField()
+    points_awarded = serializers.IntegerField()
+    explanation = serializers.ListField(child=serializers.CharField())
+
+
+class EventCreateView(APIView):
+    @extend_schema(
+        operation_id="event_record",
+        summary="Post a custom event (a review, a newsletter signup, an abandoned cart)",
+        description=(
+            "Earns the fixed points of the event type's rule, within its cap per period. "
+            "Idempotent on external_id."
+        ),
+        request=EventIn,
+        responses={201: EventOut, 200: EventOut, **errors(400, 401, 409)},
+        examples=[
+            OpenApiExample(
+                "A product review",
+                value={
+                    "customer": "C000042",
+                    "type": "product_review",
+                    "external_id": "rev-981",
+                    "data": {"sku": "ESP-1"},
+                },
+                request_only=True,
+            )
+        ],
+    )
+    def post(self, request):
+        serializer = EventIn(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        result = services.event_record(
+            integration=request.auth,
+            external_id=data["external_id"],
+            customer_ref=data["customer"],
+            event_type=data["type"],
+            data=data.get("data") or {},
+            occurred_at=data.get("occurred_at"),
+        )
+        event = result.event
+        body = {
+            "external_id": event.external_id,
+            "type": event.event_type,
+            "points_awarded": event.points_awarded,
+            "explanation": rules.explain(event.explanation),
+        }
+        return Response(EventOut(body).data, status=201 if result.created else 200)
+
+
+class PreviewIn(serializers.Serializer):
+    customer = serializers.CharField(max_length=64, required=False)
+    amount = DecimalStringField()
+    items = ItemIn(many=True, required=False, max_length=500)
+    occurred_at = serializers.DateTimeField(required=False)
+
+
+class PreviewOut(serializers.Serializer):
+    points = serializers.IntegerField()
+    explanation = serializers.ListField(child=serializers.CharField())
+    summary = serializers.CharField()
+
+
+def earn_preview(
+    *, customer: Customer | None, amount: Decimal, items: list[dict], at: dt.datetime
+) -> rules.EarnResult:
+    """What a basket would earn, writing nothing. Without a customer: a new member in the lowest tier."""
+    if customer is not None and customer.is_member:
+        account = PointsAccount.objects.select_related("tier").filter(pk=customer.pk).first()
+        tier = account.tier if account else None
+    else:
+        tier = selectors.tier_lowest()
+        customer = customer or Customer(external_ref="preview", enrolled_at=at)
+        if customer.enrolled_at is None:
+            customer = Customer(
+                external_ref=customer.external_ref, enrolled_at=at, language=customer.language
+            )
+    ctx = selectors.earn_context_get(customer=customer, tier=tier, at=at)
+    lines = [rules.Line(str(i.get("category") or ""), i["amount"]) for i in items]
+    return rules.purchase_points(amount=amount, lines=lines, ctx=ctx)
+
+
+class PreviewView(APIView):
+    @extend_schema(
+        operation_id="earn_preview",
+        summary="What would this basket earn? (writes nothing)",
+        description="For a named customer, at their tier and promotions; without one, for a new member.",
+        request=PreviewIn,
+        responses={200: PreviewOut, **errors(400, 401, 404)},
+    )
+    def post(self, request):
+        serializer = PreviewIn(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        customer = _customer(data["customer"]) if data.get("customer") else None
+        result = earn_preview(
+            customer=customer,
+            amount=data["amount"],
+            items=data.get("items", []),
+            at=data.get("occurred_at") or timezone.now(),
+        )
+        return Response(
+            {
+                "points": result.points,
+                "explanation": rules.explain(result.explanation),
+                "summary": rules.explain_summary(result.points, result.explanation),
+            }
+        )

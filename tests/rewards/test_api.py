@@ -1,0 +1,273 @@
+"""The integration API: contract, errors, idempotency."""
+
+import datetime as dt
+
+import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from rewards.models import LedgerEntry, Purchase
+from rewards.services import integration_token_create
+from tests.factories import CustomerFactory, RewardFactory
+
+
+@pytest.fixture
+def api(program):
+    integration, token = integration_token_create(name="Shop POS")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    client.integration = integration
+    return client
+
+
+def purchase_body(**overrides):
+    body = {
+        "external_id": "p-1",
+        "customer": "C1",
+        "amount": "129.95",
+        "currency": "DKK",
+        "occurred_at": timezone.now().isoformat(),
+    }
+    body.update(overrides)
+    return body
+
+
+def assert_error(response, status, code):
+    assert response.status_code == status, response.content
+    body = response.json()
+    assert set(body) == {"error"}
+    assert body["error"]["code"] == code
+    assert body["error"]["message"]
+    return body["error"]
+
+
+def test_requests_without_a_valid_token_are_401(db):
+    client = APIClient()
+    assert_error(client.get("/api/v1/rewards"), 401, "not_authenticated")
+    client.credentials(HTTP_AUTHORIZATION="Bearer nope")
+    assert_error(client.get("/api/v1/rewards"), 401, "authentication_failed")
+
+
+def test_token_is_stored_hashed(api):
+    api.integration.refresh_from_db()
+    assert api.integration.token_hash and len(api.integration.token_hash) == 64
+
+
+def test_purchase_with_enroll_creates_member_and_earns(api):
+    response = api.post("/api/v1/purchases", purchase_body(enroll=True), format="json")
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["points_earned"] == 129
+    assert body["balance"] == 50 + 129
+    assert body["explanation"][0].startswith("129.95")
+    assert body["summary"].startswith("129 pts")
+
+
+def test_same_purchase_again_returns_the_original_with_200_and_other_body_409(api):
+    body = purchase_body(enroll=True)
+    first = api.post("/api/v1/purchases", body, format="json")
+    again = api.post("/api/v1/purchases", body, format="json")
+    assert again.status_code == 200 and again.json() == first.json()
+    assert_error(
+        api.post("/api/v1/purchases", {**body, "amount": "1.00"}, format="json"), 409, "idempotency_conflict"
+    )
+    assert Purchase.objects.count() == 1
+
+
+def test_unknown_customer_becomes_a_non_member_shopper(api):
+    response = api.post("/api/v1/purchases", purchase_body(customer="NEW"), format="json")
+    assert response.status_code == 201
+    assert response.json()["member"] is False and response.json()["points_earned"] == 0
+    customer = api.get("/api/v1/customers/NEW").json()
+    assert customer["member"] is False and customer["balance"] == 0
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("amount", "-5.00"),
+        ("amount", "NaN"),
+        ("amount", "Infinity"),
+        ("amount", "1.001"),
+        ("amount", "99999999999"),
+        ("amount", 12.5),
+        ("amount", "abc"),
+        ("currency", "EUR"),
+        ("occurred_at", "2999-01-01T00:00:00Z"),
+        ("occurred_at", "1970-01-01T00:00:00Z"),
+        ("occurred_at", "yesterday"),
+        ("external_id", "x" * 101),
+        ("customer", ""),
+    ],
+)
+def test_bad_purchase_input_is_a_clear_400(api, field, value):
+    error = assert_error(
+        api.post("/api/v1/purchases", purchase_body(**{field: value}), format="json"), 400, "invalid"
+    )
+    assert field in error["fields"]
+    assert Purchase.objects.count() == 0
+
+
+def test_malformed_json_is_400_not_500(api):
+    response = api.generic("POST", "/api/v1/purchases", "{not json", content_type="application/json")
+    assert_error(response, 400, "malformed_request")
+
+
+def test_unknown_api_url_is_json_404(api):
+    assert_error(api.get("/api/v1/nothing-here"), 404, "not_found")
+
+
+def test_batch_gives_a_result_per_item(api):
+    items = [purchase_body(external_id=f"b{i}", customer="C9", enroll=True) for i in range(3)]
+    items.append(purchase_body(external_id="bad", amount="-1"))
+    response = api.post("/api/v1/purchases/batch", {"purchases": items}, format="json")
+    assert response.status_code == 200
+    statuses = [r["status"] for r in response.json()["results"]]
+    assert statuses == [201, 201, 201, 400]
+    too_many = {"purchases": [purchase_body(external_id=str(i)) for i in range(1001)]}
+    assert_error(api.post("/api/v1/purchases/batch", too_many, format="json"), 400, "invalid")
+
+
+def test_refund_claws_back_and_is_idempotent(api):
+    api.post("/api/v1/purchases", purchase_body(amount="100.00", enroll=True), format="json")
+    r1 = api.post("/api/v1/purchases/p-1/refunds", {"refund_id": "r1", "amount": "50.00"}, format="json")
+    assert r1.status_code == 201 and r1.json()["points_clawed_back"] == 50
+    r2 = api.post("/api/v1/purchases/p-1/refunds", {"refund_id": "r1", "amount": "50.00"}, format="json")
+    assert r2.status_code == 200 and r2.json() == r1.json()
+    over = api.post("/api/v1/purchases/p-1/refunds", {"refund_id": "r2", "amount": "60.00"}, format="json")
+    assert_error(over, 422, "refund_exceeds_purchase")
+    assert_error(
+        api.post("/api/v1/purchases/nope/refunds", {"refund_id": "r3", "amount": "1.00"}, format="json"),
+        404,
+        "not_found",
+    )
+
+
+def test_customer_read_shows_tier_progress_and_expiring_points(api):
+    api.post("/api/v1/purchases", purchase_body(amount="1500.00", enroll=True), format="json")
+    body = api.get("/api/v1/customers/C1").json()
+    assert body["tier"]["code"] == "bronze"
+    assert body["next_tier"]["code"] == "silver"
+    assert body["spend_to_next_tier"] == "500.00"
+    assert body["tier_progress"] == pytest.approx(0.75)
+    assert body["points_expiring_30_days"] == 0
+    assert_error(api.get("/api/v1/customers/NOPE"), 404, "not_found")
+
+
+def test_ledger_is_paginated_and_filterable(api):
+    for i in range(3):
+        api.post("/api/v1/purchases", purchase_body(external_id=f"l{i}", enroll=True), format="json")
+    body = api.get("/api/v1/customers/C1/ledger?page_size=2").json()
+    assert body["count"] == 4 and len(body["results"]) == 2 and body["next"]
+    bonus = api.get("/api/v1/customers/C1/ledger?kind=bonus").json()
+    assert [e["kind"] for e in bonus["results"]] == ["bonus"]
+    assert_error(api.get("/api/v1/customers/C1/ledger?kind=nope"), 422, "invalid")
+
+
+def test_enroll_endpoint_is_idempotent(api):
+    first = api.post(
+        "/api/v1/customers/N1/enroll", {"email": "n1@example.com", "language": "da"}, format="json"
+    )
+    assert first.status_code == 201 and first.json()["balance"] == 50
+    again = api.post("/api/v1/customers/N1/enroll", {}, format="json")
+    assert again.status_code == 200 and again.json()["balance"] == 50
+    bad = api.post("/api/v1/customers/N2/enroll", {"referral_code": "NOPE1234"}, format="json")
+    assert_error(bad, 422, "unknown_referral_code")
+
+
+def test_redeem_use_and_cancel_flow(api):
+    api.post("/api/v1/purchases", purchase_body(amount="500.00", enroll=True), format="json")
+    reward = RewardFactory(cost_points=300, name="Free coffee")
+    assert api.get("/api/v1/rewards").json()[0]["name"] == "Free coffee"
+    redeem = api.post(
+        "/api/v1/customers/C1/redemptions", {"reward": reward.pk}, format="json", HTTP_IDEMPOTENCY_KEY="k-1"
+    )
+    assert redeem.status_code == 201
+    voucher = redeem.json()
+    assert voucher["balance"] == 250 and len(voucher["voucher_code"]) == 14
+    replay = api.post(
+        "/api/v1/customers/C1/redemptions", {"reward": reward.pk}, format="json", HTTP_IDEMPOTENCY_KEY="k-1"
+    )
+    assert replay.status_code == 200 and replay.json()["voucher_code"] == voucher["voucher_code"]
+    assert_error(
+        api.post("/api/v1/customers/C1/redemptions", {"reward": reward.pk}, format="json"),
+        422,
+        "insufficient_points",
+    )
+    used = api.post(f"/api/v1/vouchers/{voucher['voucher_code']}/use")
+    assert used.status_code == 200 and used.json()["state"] == "used"
+    assert_error(api.post(f"/api/v1/vouchers/{voucher['voucher_code']}/use"), 409, "voucher_used")
+    assert_error(
+        api.post(f"/api/v1/redemptions/{voucher['id']}/cancel", {}, format="json"), 409, "not_cancellable"
+    )
+    assert_error(api.post("/api/v1/vouchers/NOPE-NOPE-NOPE/use"), 404, "not_found")
+
+
+def test_cancel_returns_points(api):
+    api.post("/api/v1/purchases", purchase_body(amount="500.00", enroll=True), format="json")
+    reward = RewardFactory(cost_points=300)
+    voucher = api.post("/api/v1/customers/C1/redemptions", {"reward": reward.pk}, format="json").json()
+    cancelled = api.post(
+        f"/api/v1/redemptions/{voucher['id']}/cancel", {"reason": "changed mind"}, format="json"
+    )
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    assert cancelled.json()["balance"] == 550
+
+
+def test_events_earn_under_their_rule_once_per_id_and_within_the_cap(api):
+    from rewards.models import EventRule
+
+    EventRule.objects.create(
+        event_type="product_review", name="Product review", points=25, cap_count=2, cap_period="month"
+    )
+    api.post("/api/v1/customers/C1/enroll", {}, format="json")
+    results = []
+    for i in range(3):
+        body = {"customer": "C1", "type": "product_review", "external_id": f"rev-{i}", "data": {"stars": 5}}
+        results.append(api.post("/api/v1/events", body, format="json").json()["points_awarded"])
+    assert results == [25, 25, 0]
+    again = api.post(
+        "/api/v1/events",
+        {"customer": "C1", "type": "product_review", "external_id": "rev-0", "data": {"stars": 5}},
+        format="json",
+    )
+    assert again.status_code == 200
+    unruled = api.post(
+        "/api/v1/events", {"customer": "C1", "type": "cart_abandoned", "external_id": "c1"}, format="json"
+    )
+    assert unruled.status_code == 201 and unruled.json()["points_awarded"] == 0
+    assert api.get("/api/v1/customers/C1").json()["balance"] == 100
+
+
+def test_preview_writes_nothing(api):
+    customer = CustomerFactory(external_ref="PV")
+    before = LedgerEntry.objects.count()
+    response = api.post("/api/v1/preview", {"customer": "PV", "amount": "80.00"}, format="json")
+    assert response.status_code == 200 and response.json()["points"] == 80
+    assert LedgerEntry.objects.count() == before
+    assert not Purchase.objects.filter(customer=customer).exists()
+
+
+def test_schema_and_docs_are_served(client, db):
+    schema = client.get("/api/schema/")
+    assert schema.status_code == 200
+    text = schema.content.decode()
+    for operation in (
+        "purchase_record",
+        "purchase_refund",
+        "reward_redeem",
+        "voucher_use",
+        "customer_ledger",
+    ):
+        assert operation in text
+    assert client.get("/api/docs/").status_code == 200
+
+
+def test_points_of_a_purchase_reported_late_expire_from_when_it_happened(api):
+    api.post("/api/v1/customers/C1/enroll", {}, format="json")
+    old = (timezone.now() - dt.timedelta(days=800)).isoformat()
+    api.post("/api/v1/purchases", purchase_body(occurred_at=old, amount="100.00"), format="json")
+    from rewards import services
+
+    services.points_expire(on_date=timezone.localdate())
+    assert api.get("/api/v1/customers/C1").json()["balance"] == 50

@@ -1,0 +1,162 @@
+"""Real concurrent connections against PostgreSQL: the guarantees hold under contention."""
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+
+import pytest
+from django.db import close_old_connections, connection
+from django.utils import timezone
+
+from rewards import services
+from rewards.errors import DomainError
+from rewards.ledger_check import ledger_violations
+from rewards.models import LedgerEntry, PointsAccount, Purchase, Redemption
+from tests.factories import (
+    CustomerFactory,
+    IntegrationFactory,
+    RewardFactory,
+    program_rules_set,
+    standard_tiers,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def run_concurrently(n: int, fn):
+    """Run fn(i) in n threads released together; each thread uses its own database connection."""
+    barrier = threading.Barrier(n)
+
+    def worker(i):
+        try:
+            barrier.wait(timeout=30)
+            return fn(i)
+        except Exception as exc:  # collected and inspected by the test
+            return exc
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        results = list(pool.map(worker, range(n)))
+    close_old_connections()
+    return results
+
+
+@pytest.fixture
+def setup_program():
+    program_rules_set(points_per_unit=1, signup_bonus=0, expiry_months=24)
+    standard_tiers()
+
+
+def test_50_concurrent_redemptions_against_a_balance_for_10(setup_program):
+    customer, _ = services.customer_enroll(customer=CustomerFactory())
+    integration = IntegrationFactory()
+    services.purchase_record(
+        integration=integration,
+        external_id="seed",
+        customer_ref=customer.external_ref,
+        amount=Decimal("1000"),
+        currency="DKK",
+        occurred_at=timezone.now(),
+    )
+    reward = RewardFactory(cost_points=100)
+
+    results = run_concurrently(50, lambda i: services.reward_redeem(customer=customer, reward_id=reward.pk))
+
+    succeeded = [r for r in results if isinstance(r, services.RedeemResult)]
+    refused = [r for r in results if isinstance(r, DomainError)]
+    assert len(succeeded) == 10
+    assert len(refused) == 40 and all(r.code == "insufficient_points" for r in refused)
+    assert PointsAccount.objects.get(pk=customer.pk).balance == 0
+    assert Redemption.objects.count() == 10
+    assert (
+        min(LedgerEntry.objects.filter(account_id=customer.pk).values_list("balance_after", flat=True)) == 0
+    )
+    assert ledger_violations() == []
+
+
+def test_same_purchase_posted_20_times_concurrently_is_one_set_of_entries(setup_program):
+    customer, _ = services.customer_enroll(customer=CustomerFactory())
+    integration = IntegrationFactory()
+    at = timezone.now()
+
+    def post(i):
+        return services.purchase_record(
+            integration=integration,
+            external_id="dup",
+            customer_ref=customer.external_ref,
+            amount=Decimal("250"),
+            currency="DKK",
+            occurred_at=at,
+        )
+
+    results = run_concurrently(20, post)
+    assert all(isinstance(r, services.PurchaseResult) for r in results), results
+    assert sum(r.created for r in results) == 1
+    assert Purchase.objects.count() == 1
+    assert LedgerEntry.objects.filter(kind="earn").count() == 1
+    assert PointsAccount.objects.get(pk=customer.pk).balance == 250
+    assert {r.balance for r in results} == {250}
+
+
+def test_same_new_shopper_purchase_20_times_concurrently_creates_one_customer_and_purchase(setup_program):
+    integration = IntegrationFactory()
+    at = timezone.now()
+
+    def post(i):
+        return services.purchase_record(
+            integration=integration,
+            external_id="new",
+            customer_ref="BRAND-NEW",
+            amount=Decimal("10"),
+            currency="DKK",
+            occurred_at=at,
+            enroll=True,
+        )
+
+    results = run_concurrently(20, post)
+    assert all(isinstance(r, services.PurchaseResult) for r in results), results
+    assert Purchase.objects.count() == 1
+    assert PointsAccount.objects.count() == 1
+    assert ledger_violations() == []
+
+
+def test_concurrent_refunds_purchases_and_redemptions_keep_the_invariants(setup_program):
+    customer, _ = services.customer_enroll(customer=CustomerFactory())
+    integration = IntegrationFactory()
+    for i in range(5):
+        services.purchase_record(
+            integration=integration,
+            external_id=f"p{i}",
+            customer_ref=customer.external_ref,
+            amount=Decimal("200"),
+            currency="DKK",
+            occurred_at=timezone.now(),
+        )
+    reward = RewardFactory(cost_points=150, stock=3)
+
+    def mixed(i):
+        if i % 3 == 0:
+            return services.purchase_refund(
+                integration=integration,
+                purchase_external_id=f"p{i % 5}",
+                refund_id=f"r{i}",
+                amount=Decimal("50"),
+            )
+        if i % 3 == 1:
+            return services.reward_redeem(customer=customer, reward_id=reward.pk)
+        return services.purchase_record(
+            integration=integration,
+            external_id=f"n{i}",
+            customer_ref=customer.external_ref,
+            amount=Decimal("30"),
+            currency="DKK",
+            occurred_at=timezone.now(),
+        )
+
+    results = run_concurrently(24, mixed)
+    unexpected = [r for r in results if isinstance(r, Exception) and not isinstance(r, DomainError)]
+    assert unexpected == []
+    reward.refresh_from_db()
+    assert reward.stock == 3 - Redemption.objects.count()
+    assert ledger_violations() == []
