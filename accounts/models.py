@@ -44,7 +44,9 @@ class Customer(models.Model):
     # When consent was last given or withdrawn (the proof a regulator asks for).
     marketing_consent_changed_at = models.DateTimeField(_("consent changed at"), null=True, blank=True)
     enrolled_at = models.DateTimeField(_("enrolled at"), null=True, blank=True, db_index=True)
-    referral_code = models.CharField(_("referral code"), max_length=16, unique=True, default=referral_code_new)
+    referral_code = models.CharField(
+        _("referral code"), max_length=16, unique=True, default=referral_code_new
+    )
     referred_by = models.ForeignKey(
         "self",
         verbose_name=_("referred by"),
