@@ -1,5 +1,6 @@
 """One error shape for the whole API: {"error": {"code", "message", "fields"}}."""
 
+from django.core.exceptions import RequestDataTooBig
 from django.http import JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -53,6 +54,13 @@ def _flatten(detail) -> dict:
 def api_exception_handler(exc, context):
     if isinstance(exc, DomainError):
         return Response(error_body(exc.code, exc.message, exc.fields), status=exc.http_status)
+    if isinstance(exc, RequestDataTooBig):
+        return Response(
+            error_body(
+                "payload_too_large", "The request body is too large (5 MB at most; batches: 1,000 items)."
+            ),
+            status=413,
+        )
     if isinstance(exc, exceptions.ValidationError):
         fields = _flatten(exc.detail)
         first = next(iter(fields.items()), ("", ["invalid"]))

@@ -381,7 +381,9 @@ def _purchase_record(
         amount=amount,
         currency=currency,
         occurred_at=occurred_at,
-        was_member=customer.is_member and customer.enrolled_at <= max(occurred_at, customer.enrolled_at),
+        # Member when the shop's system reported it: a member who joins at the till
+        # earns on the basket they are paying for, even if it was rung up a minute before.
+        was_member=customer.is_member,
         request_hash=fingerprint,
         points_earned=earn.points if earn else 0,
         explanation=earn.explanation if earn else [],

@@ -282,3 +282,10 @@ def test_hot_paths_stay_within_their_query_budget(api, django_assert_max_num_que
     # auth, customer, account, qualifying spend, expiring points
     with django_assert_max_num_queries(5):
         assert api.get("/api/v1/customers/C1").status_code == 200
+
+
+def test_an_oversized_body_is_a_clear_4xx_not_a_500(api):
+    huge = '{"purchases": [' + ",".join(['{"external_id": "' + "x" * 1000 + '"}'] * 6000) + "]}"
+    response = api.generic("POST", "/api/v1/purchases/batch", huge, content_type="application/json")
+    assert 400 <= response.status_code < 500
+    assert response.json()["error"]["code"]
