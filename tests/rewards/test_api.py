@@ -276,7 +276,7 @@ def test_points_of_a_purchase_reported_late_expire_from_when_it_happened(api):
 def test_hot_paths_stay_within_their_query_budget(api, django_assert_max_num_queries):
     api.post("/api/v1/customers/C1/enroll", {}, format="json")
     body = purchase_body(items=[{"category": "coffee", "amount": "129.95"}])
-    # auth, replay check, customer, lock, re-check, promotions, 2 inserts + lines, lot, balance, tier spend, result
+    # auth, replay check, customer, lock, re-check, promotions, inserts, lot, balance, tier spend, result
     with django_assert_max_num_queries(15):
         assert api.post("/api/v1/purchases", body, format="json").status_code == 201
     # auth, customer, account, qualifying spend, expiring points
