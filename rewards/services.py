@@ -445,7 +445,8 @@ def _referral_bonus_check(account: PointsAccount, customer: Customer, *, purchas
         return
     program = program_get()["rules"]
     referrer_account = PointsAccount.objects.select_for_update().filter(pk=customer.referred_by_id).first()
-    now = timezone.now()
+    # Credited when the qualifying purchase happened, so back-dated history stays in order.
+    now = min(purchase.occurred_at, timezone.now())
     if program.referral_bonus_referee:
         _credit(
             account,
@@ -948,6 +949,9 @@ def vouchers_expire(*, now: dt.datetime | None = None) -> int:
 # --- Integrations ---------------------------------------------------------------------
 
 
+IMPORT_INTEGRATION_NAME = "history-import"
+
+
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -955,6 +959,8 @@ def token_hash(token: str) -> str:
 @transaction.atomic
 def integration_token_create(*, name: str) -> tuple[Integration, str]:
     """Create an integration (or give an existing one a new token); return the token, shown once."""
+    if name == IMPORT_INTEGRATION_NAME:
+        raise DomainError("The history-import integration records CSV imports and takes no API token.")
     token = "lyt_" + secrets.token_urlsafe(32)
     integration, _ = Integration.objects.get_or_create(name=name)
     integration.token_hash = token_hash(token)
@@ -966,5 +972,7 @@ def integration_token_create(*, name: str) -> tuple[Integration, str]:
 
 def integration_for_import() -> Integration:
     """The integration under which history imports are recorded (it has no token)."""
-    integration, _ = Integration.objects.get_or_create(name="history-import", defaults={"is_active": False})
+    integration, _ = Integration.objects.get_or_create(
+        name=IMPORT_INTEGRATION_NAME, defaults={"is_active": False}
+    )
     return integration

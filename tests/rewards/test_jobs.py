@@ -59,7 +59,9 @@ def test_ledger_check_exits_1_with_a_report_when_a_balance_is_wrong(member):
     call_command("ledger_check", stdout=out)
     assert "ok" in out.getvalue()
     with connection.cursor() as cursor:
-        cursor.execute("UPDATE rewards_pointsaccount SET balance = balance + 7 WHERE customer_id = %s", [member.pk])
+        cursor.execute(
+            "UPDATE rewards_pointsaccount SET balance = balance + 7 WHERE customer_id = %s", [member.pk]
+        )
     out = io.StringIO()
     with pytest.raises(SystemExit) as exit_info:
         call_command("ledger_check", stdout=out)
@@ -74,4 +76,5 @@ def test_create_api_token_prints_the_token_once_and_stores_its_hash(program):
     token = out.getvalue().strip()
     integration = Integration.objects.get(name="Web shop")
     assert token.startswith("lyt_") and len(token) > 40
-    assert token not in (integration.token_hash or "") and integration.token_hash == services.token_hash(token)
+    assert token not in (integration.token_hash or "")
+    assert integration.token_hash == services.token_hash(token)

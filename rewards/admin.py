@@ -1,0 +1,851 @@
+"""The staff admin of the loyalty core.
+
+Every write that moves points goes through `services` (adjustments, cancellations,
+voucher use, integration tokens); what the ledger recorded is shown, never edited.
+The Customer admin lives here rather than in accounts because it shows balances and
+tiers, and accounts must not import rewards.
+"""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.contrib.admin.utils import quote
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count
+from django.http import HttpResponseRedirect
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.http import urlencode
+from django.utils.translation import gettext, ngettext
+from django.utils.translation import gettext_lazy as _
+
+from accounts.models import Customer
+
+from . import rules, selectors, services
+from .errors import DomainError
+from .forms import EarningsPreviewForm, PointsAdjustForm, RewardAdminForm, TierAdminForm, translated_languages
+from .models import (
+    CategoryMultiplier,
+    EventRule,
+    Integration,
+    LedgerEntry,
+    PointsAccount,
+    ProgramRules,
+    Promotion,
+    Purchase,
+    PurchaseLine,
+    Redemption,
+    Refund,
+    Reward,
+    Tier,
+)
+
+
+class ReadOnlyAdminMixin:
+    """What the ledger and the integrations recorded: staff may look, never add, change or delete."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+def _explanation_html(explanation) -> str:
+    lines = rules.explain(explanation or [])
+    if not lines:
+        return "–"
+    return format_html(
+        "<ul style='margin:0;padding-left:1.2em'>{}</ul>",
+        format_html_join("", "<li>{}</li>", ((line,) for line in lines)),
+    )
+
+
+def _change_link(obj, label=None) -> str:
+    if obj is None:
+        return "–"
+    url = reverse(f"admin:{obj._meta.app_label}_{obj._meta.model_name}_change", args=[quote(obj.pk)])
+    return format_html('<a href="{}">{}</a>', url, label if label is not None else obj)
+
+
+# --- The program's rules -------------------------------------------------------------
+
+
+@admin.register(ProgramRules)
+class ProgramRulesAdmin(admin.ModelAdmin):
+    """A single row: the list goes straight to it, and it can be neither added twice nor deleted."""
+
+    fieldsets = [
+        (_("Earning"), {"fields": ["points_per_unit", "minimum_spend", "expiry_months"]}),
+        (
+            _("Bonuses"),
+            {
+                "fields": [
+                    "signup_bonus",
+                    "birthday_bonus",
+                    "referral_bonus_referrer",
+                    "referral_bonus_referee",
+                ]
+            },
+        ),
+        (None, {"fields": ["updated_at"]}),
+    ]
+    readonly_fields = ["updated_at"]
+
+    def changelist_view(self, request, extra_context=None):
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied
+        if ProgramRules.objects.filter(pk=1).exists():
+            return redirect("admin:rewards_programrules_change", object_id="1")
+        return redirect("admin:rewards_programrules_add")
+
+    def has_add_permission(self, request):
+        return super().has_add_permission(request) and not ProgramRules.objects.exists()
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def response_post_save_change(self, request, obj):
+        # The list is the object itself: stay on it.
+        return redirect("admin:rewards_programrules_change", object_id="1")
+
+    response_post_save_add = response_post_save_change
+
+
+@admin.register(CategoryMultiplier)
+class CategoryMultiplierAdmin(admin.ModelAdmin):
+    list_display = ["category", "multiplier", "is_active"]
+    list_editable = ["multiplier", "is_active"]
+    list_filter = ["is_active"]
+    search_fields = ["category"]
+
+
+@admin.register(Tier)
+class TierAdmin(admin.ModelAdmin):
+    form = TierAdminForm
+    list_display = ["name", "code", "min_qualifying_spend", "multiplier", "translated_names", "member_count"]
+    prepopulated_fields = {"code": ["name"]}
+    fieldsets = [
+        (None, {"fields": ["code", "name", "min_qualifying_spend", "multiplier"]}),
+        (_("Names in other languages"), {"fields": [f"name_{code}" for code, _n in translated_languages()]}),
+    ]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(members=Count("pointsaccount"))
+
+    @admin.display(description=_("translations"))
+    def translated_names(self, tier):
+        return (
+            ", ".join(f"{code}: {name}" for code, name in sorted((tier.name_translations or {}).items()))
+            or "–"
+        )
+
+    @admin.display(description=_("members"), ordering="members")
+    def member_count(self, tier):
+        return tier.members
+
+    def has_delete_permission(self, request, obj=None):
+        # A tier that members hold is protected by the database; say so before trying.
+        if obj is not None and PointsAccount.objects.filter(tier=obj).exists():
+            return False
+        return super().has_delete_permission(request, obj)
+
+
+@admin.register(Promotion)
+class PromotionAdmin(admin.ModelAdmin):
+    list_display = ["name", "multiplier", "starts_at", "ends_at", "audience", "is_active", "source"]
+    list_filter = ["is_active", "starts_at"]
+    search_fields = ["name", "source"]
+    autocomplete_fields = ["customers"]
+    date_hierarchy = "starts_at"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(audience_size=Count("customers"))
+
+    @admin.display(description=_("for"), ordering="audience_size")
+    def audience(self, promotion):
+        if not promotion.audience_size:
+            return gettext("every member")
+        return ngettext("%(count)d customer", "%(count)d customers", promotion.audience_size) % {
+            "count": promotion.audience_size
+        }
+
+
+@admin.register(EventRule)
+class EventRuleAdmin(admin.ModelAdmin):
+    list_display = ["event_type", "name", "points", "cap_count", "cap_period", "is_active"]
+    list_filter = ["is_active", "cap_period"]
+    search_fields = ["event_type", "name"]
+
+
+# --- Rewards and vouchers --------------------------------------------------------------
+
+
+def _image_tag(reward: Reward, height: int) -> str:
+    if not reward.image:
+        return "–"
+    return format_html(
+        '<img src="{}" alt="{}" style="height:{}px;width:auto;border-radius:4px;object-fit:cover">',
+        reward.image.url,
+        reward.name,
+        height,
+    )
+
+
+@admin.register(Reward)
+class RewardAdmin(admin.ModelAdmin):
+    form = RewardAdminForm
+    list_display = ["thumbnail", "name", "cost_points", "min_tier", "stock", "validity_days", "is_active"]
+    list_display_links = ["thumbnail", "name"]
+    list_filter = ["is_active", "min_tier"]
+    search_fields = ["name", "description"]
+    list_select_related = ["min_tier"]
+    readonly_fields = ["image_preview"]
+    fieldsets = [
+        (None, {"fields": ["name", "description", "image", "image_preview", "cost_points", "is_active"]}),
+        (
+            _("Availability"),
+            {
+                "fields": [
+                    "active_from",
+                    "active_until",
+                    "stock",
+                    "per_customer_limit",
+                    "min_tier",
+                    "validity_days",
+                ]
+            },
+        ),
+        (
+            _("Translations"),
+            {
+                "fields": [
+                    field
+                    for code, _n in translated_languages()
+                    for field in (f"name_{code}", f"description_{code}")
+                ],
+                "classes": ["collapse"],
+            },
+        ),
+    ]
+
+    @admin.display(description=_("image"))
+    def thumbnail(self, reward):
+        return _image_tag(reward, 40)
+
+    @admin.display(description=_("preview"))
+    def image_preview(self, reward):
+        return _image_tag(reward, 160)
+
+
+@admin.register(Redemption)
+class RedemptionAdmin(admin.ModelAdmin):
+    """Vouchers are issued by the portal and the API; staff cancel them or mark them used,
+    through the services."""
+
+    list_display = [
+        "voucher_code",
+        "customer",
+        "reward",
+        "points",
+        "state",
+        "created_at",
+        "expires_at",
+        "used_at",
+    ]
+    list_filter = ["state", "reward", "created_at"]
+    search_fields = ["=voucher_code", "=customer__external_ref", "customer__email"]
+    list_select_related = ["customer", "reward"]
+    date_hierarchy = "created_at"
+    actions = ["cancel_vouchers", "mark_used"]
+    readonly_fields = [
+        "voucher_code",
+        "customer",
+        "reward",
+        "points",
+        "state",
+        "integration",
+        "idempotency_key",
+        "created_at",
+        "expires_at",
+        "used_at",
+        "cancelled_at",
+        "cancel_reason",
+    ]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_manage_vouchers_permission(self, request):
+        # Django's "change redemption" permission stands for "may cancel or use vouchers".
+        return request.user.has_perm(f"{self.opts.app_label}.change_{self.opts.model_name}")
+
+    @admin.action(
+        description=_("Cancel selected vouchers (points returned)"), permissions=["manage_vouchers"]
+    )
+    def cancel_vouchers(self, request, queryset):
+        done = 0
+        for redemption in queryset.order_by("pk"):
+            try:
+                services.redemption_cancel(
+                    redemption_id=redemption.pk,
+                    reason=gettext("Cancelled by staff (%(user)s)") % {"user": request.user.get_username()},
+                )
+            except DomainError as error:
+                self.message_user(request, f"{redemption.voucher_code}: {error.message}", messages.ERROR)
+            else:
+                done += 1
+        if done:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d voucher cancelled; its points were returned.",
+                    "%(count)d vouchers cancelled; their points were returned.",
+                    done,
+                )
+                % {"count": done},
+                messages.SUCCESS,
+            )
+
+    @admin.action(description=_("Mark used"), permissions=["manage_vouchers"])
+    def mark_used(self, request, queryset):
+        done = 0
+        for redemption in queryset.order_by("pk"):
+            try:
+                services.voucher_use(code=redemption.voucher_code)
+            except DomainError as error:
+                self.message_user(request, f"{redemption.voucher_code}: {error.message}", messages.ERROR)
+            else:
+                done += 1
+        if done:
+            self.message_user(
+                request,
+                ngettext("%(count)d voucher marked used.", "%(count)d vouchers marked used.", done)
+                % {"count": done},
+                messages.SUCCESS,
+            )
+
+
+# --- Integrations ----------------------------------------------------------------------
+
+
+@admin.register(Integration)
+class IntegrationAdmin(admin.ModelAdmin):
+    """Tokens are made by `services.integration_token_create` and shown once, in a message;
+    only their hash is kept."""
+
+    list_display = ["name", "token_prefix_display", "is_active", "created_at", "last_used_at"]
+    list_filter = ["is_active"]
+    search_fields = ["name", "token_prefix"]
+    actions = ["issue_new_token"]
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ["name"]
+        return ["name", "is_active", "token_prefix_display", "created_at", "last_used_at"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [] if obj is None else ["token_prefix_display", "created_at", "last_used_at"]
+
+    @admin.display(description=_("token starts with"))
+    def token_prefix_display(self, integration):
+        return f"{integration.token_prefix}…" if integration.token_prefix else gettext("(no token)")
+
+    def save_model(self, request, obj, form, change):
+        if change or obj.name == services.IMPORT_INTEGRATION_NAME:
+            super().save_model(request, obj, form, change)
+            return
+        integration, token = services.integration_token_create(name=obj.name)
+        # Hand the saved row back to the admin (for its log and redirect), without the token.
+        obj.pk = integration.pk
+        obj.__dict__.update(
+            {f.attname: getattr(integration, f.attname) for f in Integration._meta.concrete_fields}
+        )
+        obj._state.adding = False
+        self._token_message(request, integration, token)
+
+    def _token_message(self, request, integration: Integration, token: str) -> None:
+        messages.success(
+            request,
+            format_html(
+                "{} <code style='user-select:all;font-size:1.1em'>{}</code> {}",
+                gettext("The API token of %(name)s is:") % {"name": integration.name},
+                token,
+                gettext("Copy it now: it is shown only this once and cannot be seen again."),
+            ),
+        )
+
+    def has_issue_token_permission(self, request):
+        return request.user.has_perm(f"{self.opts.app_label}.change_{self.opts.model_name}")
+
+    @admin.action(
+        description=_("Issue a new token (the current one stops working)"), permissions=["issue_token"]
+    )
+    def issue_new_token(self, request, queryset):
+        for integration in queryset.order_by("name"):
+            try:
+                integration, token = services.integration_token_create(name=integration.name)
+            except DomainError as exc:
+                messages.error(request, f"{integration.name}: {exc.message}")
+                continue
+            self._token_message(request, integration, token)
+
+
+# --- Purchases and the ledger (read-only) ------------------------------------------------
+
+
+class PurchaseLineInline(ReadOnlyAdminMixin, admin.TabularInline):
+    model = PurchaseLine
+    fields = ["sku", "category", "quantity", "amount"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+
+class RefundInline(ReadOnlyAdminMixin, admin.TabularInline):
+    model = Refund
+    fields = ["refund_id", "amount", "points_clawed_back", "balance_after", "occurred_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+
+@admin.register(Purchase)
+class PurchaseAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = [
+        "external_id",
+        "customer",
+        "amount",
+        "currency",
+        "occurred_at",
+        "points_earned",
+        "refunded_amount",
+        "was_member",
+        "integration",
+    ]
+    list_filter = ["was_member", "integration", "currency"]
+    search_fields = ["^external_id", "=customer__external_ref", "customer__email"]
+    list_select_related = ["customer", "integration"]
+    date_hierarchy = "occurred_at"
+    inlines = [PurchaseLineInline, RefundInline]
+    fields = [
+        "integration",
+        "external_id",
+        "customer",
+        "amount",
+        "currency",
+        "occurred_at",
+        "was_member",
+        "points_earned",
+        "explanation_display",
+        "refunded_amount",
+        "points_clawed_back",
+        "balance_after",
+        "created_at",
+    ]
+    readonly_fields = fields
+
+    @admin.display(description=_("explanation"))
+    def explanation_display(self, purchase):
+        return _explanation_html(purchase.explanation)
+
+
+@admin.register(Refund)
+class RefundAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = [
+        "refund_id",
+        "purchase",
+        "amount",
+        "points_clawed_back",
+        "balance_after",
+        "occurred_at",
+        "integration",
+    ]
+    list_filter = ["integration"]
+    search_fields = ["^refund_id", "^purchase__external_id", "=purchase__customer__external_ref"]
+    list_select_related = ["purchase", "integration"]
+    date_hierarchy = "occurred_at"
+    fields = [
+        "integration",
+        "refund_id",
+        "purchase",
+        "amount",
+        "points_clawed_back",
+        "balance_after",
+        "occurred_at",
+        "created_at",
+    ]
+    readonly_fields = fields
+
+
+@admin.register(LedgerEntry)
+class LedgerEntryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Append-only: the database refuses changes, and so does the admin. Corrections are new entries
+    (Customer → Adjust points)."""
+
+    list_display = ["created_at", "customer", "kind", "points", "balance_after", "summary"]
+    list_filter = ["kind", "created_at"]
+    search_fields = ["=account__customer__external_ref", "account__customer__email", "=idempotency_key"]
+    list_select_related = ["account__customer"]
+    date_hierarchy = "created_at"
+    fields = [
+        "customer",
+        "kind",
+        "points",
+        "balance_after",
+        "created_at",
+        "explanation_display",
+        "reason",
+        "staff_user",
+        "purchase",
+        "refund",
+        "redemption",
+        "event",
+        "reverses",
+        "idempotency_key",
+    ]
+    readonly_fields = fields
+
+    @admin.display(description=_("customer"), ordering="account__customer__last_name")
+    def customer(self, entry):
+        return _change_link(entry.account.customer)
+
+    @admin.display(description=_("explanation"))
+    def summary(self, entry):
+        return rules.explain_summary(entry.points, entry.explanation or [])
+
+    @admin.display(description=_("explanation"))
+    def explanation_display(self, entry):
+        return _explanation_html(entry.explanation)
+
+
+@admin.register(PointsAccount)
+class PointsAccountAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ["customer", "balance", "tier", "tier_changed_at", "updated_at"]
+    list_filter = ["tier"]
+    search_fields = ["=customer__external_ref", "customer__email", "customer__last_name"]
+    list_select_related = ["customer", "tier"]
+    fields = ["customer", "balance", "tier", "tier_changed_at", "created_at", "updated_at"]
+    readonly_fields = fields
+
+
+# --- Customers -------------------------------------------------------------------------
+
+
+class MemberFilter(admin.SimpleListFilter):
+    title = _("membership")
+    parameter_name = "member"
+
+    def lookups(self, request, model_admin):
+        return [("yes", _("members")), ("no", _("non-members"))]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(enrolled_at__isnull=False)
+        if self.value() == "no":
+            return queryset.filter(enrolled_at__isnull=True)
+        return queryset
+
+
+class PointsAccountInline(ReadOnlyAdminMixin, admin.StackedInline):
+    model = PointsAccount
+    fields = ["balance", "tier", "tier_changed_at", "updated_at"]
+    readonly_fields = fields
+    can_delete = False
+    verbose_name_plural = _("points account")
+
+
+if admin.site.is_registered(Customer):
+    admin.site.unregister(Customer)
+
+
+@admin.register(Customer)
+class CustomerAdmin(admin.ModelAdmin):
+    list_display = [
+        "display_name",
+        "external_ref",
+        "email",
+        "is_member_display",
+        "balance",
+        "tier",
+        "enrolled_at",
+        "language",
+    ]
+    list_display_links = ["display_name", "external_ref"]
+    list_filter = [MemberFilter, "points_account__tier", "language", "marketing_consent"]
+    search_fields = ["^external_ref", "email", "first_name", "last_name", "=referral_code"]
+    list_select_related = ["points_account__tier"]
+    autocomplete_fields = ["referred_by", "user"]
+    date_hierarchy = "enrolled_at"
+    inlines = [PointsAccountInline]
+    actions = ["enroll"]
+    change_form_template = "admin/rewards/customer/change_form.html"
+    change_list_template = "admin/rewards/customer/change_list.html"
+    readonly_fields = [
+        "enrolled_at",
+        "referral_code",
+        "marketing_consent_changed_at",
+        "created_at",
+        "balance",
+        "tier",
+        "points_expiring_soon",
+        "recent_ledger",
+    ]
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": [
+                    "external_ref",
+                    "first_name",
+                    "last_name",
+                    "email",
+                    "birthday",
+                    "language",
+                    "time_zone",
+                ]
+            },
+        ),
+        (_("Consent"), {"fields": ["marketing_consent", "marketing_consent_changed_at"]}),
+        (
+            _("Membership"),
+            {
+                "fields": [
+                    "enrolled_at",
+                    "balance",
+                    "tier",
+                    "points_expiring_soon",
+                    "referral_code",
+                    "referred_by",
+                    "user",
+                    "created_at",
+                ]
+            },
+        ),
+        (_("Latest points"), {"fields": ["recent_ledger"]}),
+    ]
+
+    def _account(self, customer) -> PointsAccount | None:
+        try:
+            return customer.points_account
+        except PointsAccount.DoesNotExist:
+            return None
+
+    @admin.display(description=_("member"), boolean=True, ordering="enrolled_at")
+    def is_member_display(self, customer):
+        return customer.is_member
+
+    @admin.display(description=_("balance"), ordering="points_account__balance")
+    def balance(self, customer):
+        account = self._account(customer)
+        return account.balance if account else "–"
+
+    @admin.display(description=_("tier"), ordering="points_account__tier__min_qualifying_spend")
+    def tier(self, customer):
+        account = self._account(customer)
+        return account.tier if account and account.tier else "–"
+
+    @admin.display(description=_("expiring within 30 days"))
+    def points_expiring_soon(self, customer):
+        if self._account(customer) is None:
+            return "–"
+        return selectors.points_expiring(customer_id=customer.pk, within_days=30)
+
+    @admin.display(description=_("latest entries"))
+    def recent_ledger(self, customer):
+        if self._account(customer) is None:
+            return "–"
+        entries = list(selectors.ledger_list(customer_id=customer.pk)[:10])
+        if not entries:
+            return "–"
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td style='text-align:right'>{}</td>"
+            "<td style='text-align:right'>{}</td><td>{}</td></tr>",
+            (
+                (
+                    timezone.localtime(entry.created_at).strftime("%Y-%m-%d %H:%M"),
+                    entry.get_kind_display(),
+                    f"{entry.points:+d}",
+                    entry.balance_after,
+                    rules.explain_summary(entry.points, entry.explanation or []),
+                )
+                for entry in entries
+            ),
+        )
+        all_url = (
+            reverse("admin:rewards_ledgerentry_changelist") + "?" + urlencode({"q": customer.external_ref})
+        )
+        return format_html(
+            "<table><thead><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr></thead>"
+            "<tbody>{}</tbody></table><p><a href='{}'>{}</a></p>",
+            gettext("at"),
+            gettext("kind"),
+            gettext("points"),
+            gettext("balance after"),
+            gettext("explanation"),
+            rows,
+            all_url,
+            gettext("All ledger entries"),
+        )
+
+    def save_model(self, request, obj, form, change):
+        if "marketing_consent" in form.changed_data:
+            obj.marketing_consent_changed_at = timezone.now()
+        super().save_model(request, obj, form, change)
+
+    @admin.action(description=_("Enroll selected customers in the program"), permissions=["change"])
+    def enroll(self, request, queryset):
+        enrolled = 0
+        for customer in queryset.filter(enrolled_at__isnull=True).order_by("pk"):
+            _customer, created = services.customer_enroll(customer=customer)
+            enrolled += created
+        self.message_user(
+            request,
+            ngettext("%(count)d customer enrolled.", "%(count)d customers enrolled.", enrolled)
+            % {"count": enrolled},
+            messages.SUCCESS,
+        )
+
+    # --- Object tools: adjust points, preview earnings -----------------------------------
+
+    def get_urls(self):
+        info = f"{self.opts.app_label}_{self.opts.model_name}"
+        return [
+            path(
+                "<path:object_id>/adjust-points/",
+                self.admin_site.admin_view(self.adjust_points_view),
+                name=f"{info}_adjust_points",
+            ),
+            path(
+                "preview-earnings/",
+                self.admin_site.admin_view(self.preview_earnings_view),
+                name=f"{info}_preview_earnings",
+            ),
+            *super().get_urls(),
+        ]
+
+    def has_adjust_points_permission(self, request) -> bool:
+        # An adjustment is a new ledger entry: Django's "add ledger entry" permission grants it.
+        return request.user.has_perm("rewards.add_ledgerentry")
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = {
+            **(extra_context or {}),
+            "can_adjust_points": self.has_adjust_points_permission(request),
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def adjust_points_view(self, request, object_id):
+        """A staff correction through `services.points_adjust`; the form's one-time key makes a
+        double submit (or a reload of the POST) adjust once."""
+        if not self.has_adjust_points_permission(request):
+            raise PermissionDenied
+        customer = get_object_or_404(Customer, pk=object_id)
+        change_url = reverse("admin:accounts_customer_change", args=[quote(customer.pk)])
+        form = PointsAdjustForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            key = f"admin:{customer.pk}:{form.cleaned_data['idempotency_key']}"
+            already = LedgerEntry.objects.filter(idempotency_key=f"adjust:{key}").exists()
+            try:
+                entry = services.points_adjust(
+                    customer=customer,
+                    points=form.cleaned_data["points"],
+                    reason=form.cleaned_data["reason"],
+                    staff_user=request.user,
+                    idempotency_key=key,
+                )
+            except DomainError as error:
+                fields = [name for name in error.fields if name in form.fields] or [None]
+                for name in fields:
+                    form.add_error(name, error.message)
+            else:
+                if already:
+                    self.message_user(
+                        request,
+                        gettext("This adjustment was already recorded; nothing was changed."),
+                        messages.WARNING,
+                    )
+                else:
+                    self.message_user(
+                        request,
+                        gettext("%(points)+d points for %(customer)s. New balance: %(balance)d.")
+                        % {
+                            "points": entry.points,
+                            "customer": customer.display_name,
+                            "balance": entry.balance_after,
+                        },
+                        messages.SUCCESS,
+                    )
+                return HttpResponseRedirect(change_url)
+        account = self._account(customer)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": gettext("Adjust points"),
+            "subtitle": customer.display_name,
+            "original": customer,
+            "account": account,
+            "form": form,
+            "change_url": change_url,
+            "has_view_permission": self.has_view_permission(request, customer),
+        }
+        return TemplateResponse(request, "admin/rewards/customer/adjust_points.html", context)
+
+    def preview_earnings_view(self, request):
+        """What a purchase would earn and why, under the rules in force, without recording anything."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        submitted = "amount" in request.GET
+        form = EarningsPreviewForm(
+            request.GET if submitted else None, initial={"customer": request.GET.get("customer", "")}
+        )
+        result = explanation = customer = None
+        if submitted and form.is_valid():
+            ref = form.cleaned_data["customer"].strip()
+            at = form.cleaned_data["at"] or timezone.now()
+            tier = None
+            if ref:
+                customer = Customer.objects.filter(external_ref=ref).first()
+                if customer is None:
+                    form.add_error("customer", gettext("No customer with this number."))
+                else:
+                    account = self._account(customer)
+                    tier = account.tier if account else None
+            else:
+                # A new member: enrolled now, at the lowest tier, in the reader's language.
+                customer = Customer(
+                    external_ref="",
+                    enrolled_at=timezone.now(),
+                    language=getattr(request, "LANGUAGE_CODE", "en"),
+                )
+                tier = selectors.tier_lowest()
+            if not form.errors:
+                ctx = selectors.earn_context_get(customer=customer, tier=tier, at=at)
+                result = rules.purchase_points(
+                    amount=form.cleaned_data["amount"], lines=form.cleaned_data["lines"], ctx=ctx
+                )
+                explanation = rules.explain(result.explanation)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": gettext("Preview earnings"),
+            "form": form,
+            "result": result,
+            "explanation": explanation,
+            "preview_customer": customer if customer is not None and customer.pk else None,
+            "changelist_url": reverse("admin:accounts_customer_changelist"),
+        }
+        return TemplateResponse(request, "admin/rewards/preview_earnings.html", context)
