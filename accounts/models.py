@@ -1,5 +1,6 @@
 """Who people are: logins (User). Customers and staff roles build on it."""
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.db import models
 from django.utils.translation import gettext_lazy as _
@@ -38,7 +39,9 @@ class Customer(models.Model):
     first_name = models.CharField(_("first name"), max_length=150, blank=True)
     last_name = models.CharField(_("last name"), max_length=150, blank=True)
     birthday = models.DateField(_("birthday"), null=True, blank=True)
-    language = models.CharField(_("preferred language"), max_length=8, default="en")
+    language = models.CharField(
+        _("preferred language"), max_length=8, choices=settings.LANGUAGES, default="en"
+    )
     time_zone = models.CharField(_("time zone"), max_length=64, default="Europe/Copenhagen")
     marketing_consent = models.BooleanField(_("marketing consent"), default=False)
     # When consent was last given or withdrawn (the proof a regulator asks for).

@@ -69,8 +69,8 @@ def purchase_points(*, amount: Decimal, lines: Iterable[Line] = (), ctx: EarnCon
     (its share of the amount) × rate × (m − 1); the subtotal is multiplied by the
     tier's multiplier and by the best promotion in force (promotions do not
     stack: the highest one applies); the result is rounded down once.
-    Line amounts are scaled to the purchase amount when they do not add up to it
-    (discounts on the whole basket).
+    Line amounts are scaled down to the purchase amount when they add up to more
+    (a discount on the whole basket); the part of the amount no line covers earns the base rate.
     """
     amount = money(amount)
     if not ctx.is_member:
@@ -88,7 +88,9 @@ def purchase_points(*, amount: Decimal, lines: Iterable[Line] = (), ctx: EarnCon
     lines = [line for line in lines if line.amount > 0]
     lines_total = sum((line.amount for line in lines), Decimal("0"))
     if lines_total > 0:
-        scale = amount / lines_total
+        # Lines adding up to more than the amount (a basket discount) are scaled down to it;
+        # lines covering only part of the basket leave the rest earning at the base rate.
+        scale = min(ONE, amount / lines_total)
         by_category: dict[str, Decimal] = {}
         for line in lines:
             by_category[line.category] = by_category.get(line.category, Decimal("0")) + line.amount

@@ -86,7 +86,8 @@ def earn_context_get(*, customer: Customer, tier: Tier | None, at: dt.datetime) 
         points_per_unit=rules.points_per_unit,
         minimum_spend=rules.minimum_spend,
         category_multipliers=program["categories"],
-        tier_name=tier.name_in(customer.language) if tier else None,
+        # The base name is stored with the entry; pages render it in the reader's language.
+        tier_name=tier.name if tier else None,
         tier_multiplier=tier.multiplier if tier else Decimal("1"),
         promotions=promotions_in_force(customer_id=customer.pk, at=at) if customer.is_member else (),
         is_member=customer.is_member,
