@@ -1,0 +1,1128 @@
+"""History imports: customers and purchases from CSV files of any size.
+
+Guarantees shared by both imports:
+
+- Streaming: a file is read line by line through the csv module and written in
+  chunks of `chunk_size` rows; memory does not grow with the file.
+- One bad row never stops the run: a line that cannot be decoded, a line longer
+  than `max_line_length` characters, a row with the wrong number of fields or an
+  invalid value becomes a `BadRow` (its first line number and the reason), handed
+  to `on_bad_row`; the good rows go in.
+- Idempotent: importing the same file again adds nothing. Each chunk commits on its
+  own, so an interrupted run is completed by running it again.
+- A file that cannot be imported at all (unknown encoding, no header, a required
+  column missing) raises `ImportFileError` before anything is written.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import TextIO
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+from django.db import connection, transaction
+from django.utils import timezone
+
+from accounts.models import Customer
+
+from . import services
+from .errors import DomainError
+from .models import PointsAccount, Purchase, PurchaseLine
+from .rules import CENT
+from .selectors import tier_lowest
+
+CHUNK_SIZE = 5_000
+# Longer lines are reported as bad rows without ever being held in memory whole;
+# it is the csv module's field size limit during an import too.
+MAX_LINE_LENGTH = 1_048_576
+# Clocks of tills drift; anything later than this is a typo in the year.
+FUTURE_TOLERANCE = dt.timedelta(days=1)
+# Purchase.amount holds 12 digits, 2 of them decimals.
+AMOUNT_LIMIT = Decimal("1E10")
+# Customer ref → (id, enrolled_at) remembered across chunks of a history import.
+CUSTOMER_CACHE_SIZE = 1_000_000
+# Purchases that earn points, recorded one by one through the service, per transaction.
+AWARD_BATCH = 100
+# A referral code is random; a new customer whose code clashes is retried this often.
+CREATE_ATTEMPTS = 5
+
+PURCHASE_COLUMNS_REQUIRED = ("customer", "occurred_at", "amount")
+PURCHASE_COLUMNS_OPTIONAL = ("external_id", "currency", "category")
+CUSTOMER_COLUMNS_REQUIRED = ("external_ref",)
+CUSTOMER_COLUMNS_OPTIONAL = (
+    "email",
+    "first_name",
+    "last_name",
+    "name",
+    "birthday",
+    "enrolled_at",
+    "language",
+    "marketing_consent",
+)
+
+_TRUE = frozenset({"true", "1", "yes"})
+_FALSE = frozenset({"false", "0", "no"})
+# Bytes the encoding cannot decode arrive as lone surrogates (errors="surrogateescape").
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+# What json.dumps (ensure_ascii, as services.request_hash uses it) makes of a string.
+_json_string = json.encoder.encode_basestring_ascii
+
+
+class ImportFileError(DomainError):
+    """The file as a whole cannot be imported; nothing was written."""
+
+    code = "import_file_invalid"
+
+
+class _BadValue(ValueError):
+    """A value of a row is invalid; the message is the reason reported for the row."""
+
+
+@dataclass(frozen=True, slots=True)
+class BadRow:
+    """A row that was not imported: its first line in the file and why."""
+
+    line: int
+    reason: str
+    fields: tuple[str, ...] = ()
+
+
+@dataclass
+class ImportReport:
+    """What an import did. `created`, `updated` and `unchanged` count purchases or customers."""
+
+    rows: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    bad: int = 0
+    customers_created: int = 0
+    members_created: int = 0
+    points_awarded: int = 0
+    seconds: float = 0.0
+    ignored_columns: list[str] = field(default_factory=list)
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+# --- Reading ------------------------------------------------------------------------
+
+
+class _Lines:
+    """The lines of a text stream, counted, for csv.reader.
+
+    A line longer than `max_length` characters is read in pieces and dropped (csv
+    sees an empty line); a line holding bytes the encoding could not decode passes
+    through. Both are noted in `bad` (line number → reason) for the row that spans
+    them to be reported.
+    """
+
+    def __init__(self, stream: TextIO, *, max_length: int, encoding: str):
+        self.stream = stream
+        self.max_length = max_length
+        self.encoding = encoding
+        self.number = 0
+        self.bad: dict[int, str] = {}
+
+    def __iter__(self) -> Iterator[str]:
+        readline = self.stream.readline
+        limit = self.max_length
+        while True:
+            line = readline(limit)
+            if not line:
+                return
+            self.number += 1
+            if len(line) >= limit and line[-1] not in "\r\n":
+                while line and line[-1] not in "\r\n":
+                    line = readline(limit)
+                self.bad[self.number] = f"line longer than {limit:,} characters"
+                yield "\n"
+                continue
+            # isascii() is O(1) on CPython: the search runs only on lines with other characters.
+            if not line.isascii() and _UNDECODABLE.search(line):
+                self.bad[self.number] = f"not valid {self.encoding} text (try --encoding)"
+            yield line
+
+
+@dataclass
+class _CsvFile:
+    columns: dict[str, int]
+    # (line, fields) of each good row, a BadRow for each row that cannot be read.
+    rows: Iterator[tuple[int, list[str]] | BadRow]
+
+
+@contextlib.contextmanager
+def _csv_open(
+    path: str | Path,
+    *,
+    encoding: str,
+    required: tuple[str, ...],
+    optional: tuple[str, ...],
+    max_line_length: int,
+    report: ImportReport,
+) -> Iterator[_CsvFile]:
+    """Open a CSV file for streaming: check its header, then give its rows one at a time.
+
+    Column names are matched without regard to case or surrounding spaces; a UTF-8
+    byte order mark is ignored. Unknown columns are listed in `report.ignored_columns`.
+    """
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise ImportFileError(f"Unknown encoding {encoding!r}.") from None
+    previous_limit = csv.field_size_limit(max_line_length)
+    try:
+        with open(path, "rb") as raw:
+            text = io.TextIOWrapper(raw, encoding=encoding, errors="surrogateescape", newline="")
+            lines = _Lines(text, max_length=max_line_length, encoding=encoding)
+            reader = csv.reader(lines)
+            try:
+                header = next(reader, None)
+            except csv.Error as exc:
+                raise ImportFileError(f"The header line cannot be read: {exc}.") from None
+            if lines.bad:
+                raise ImportFileError(f"The header line cannot be read: {next(iter(lines.bad.values()))}.")
+            if not header:
+                raise ImportFileError("The file is empty: a header line naming the columns is needed.")
+            names = [name.strip().lower() for name in header]
+            names[0] = names[0].lstrip("\ufeff")
+            duplicated = sorted({name for name in names if names.count(name) > 1 and name})
+            if duplicated:
+                raise ImportFileError(f"Columns named more than once: {', '.join(duplicated)}.")
+            missing = [name for name in required if name not in names]
+            if missing:
+                raise ImportFileError(
+                    f"Missing required column(s): {', '.join(missing)}. "
+                    f"The header has: {', '.join(names) or '(nothing)'}; "
+                    f"required: {', '.join(required)}; optional: {', '.join(optional)}."
+                )
+            report.ignored_columns = [name for name in names if name not in required + optional]
+            yield _CsvFile(
+                columns={name: index for index, name in enumerate(names)},
+                rows=_csv_rows(reader, lines, width=len(names)),
+            )
+    finally:
+        csv.field_size_limit(previous_limit)
+
+
+def _csv_rows(reader, lines: _Lines, *, width: int) -> Iterator[tuple[int, list[str]] | BadRow]:
+    end = lines.number
+    while True:
+        start = end + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            if lines.number == end:  # no progress: the reader cannot go on
+                raise ImportFileError(f"Line {start}: the file cannot be read further ({exc}).") from None
+            end = lines.number
+            lines.bad.clear()
+            yield BadRow(start, f"unreadable CSV: {exc}")
+            continue
+        end = lines.number
+        if lines.bad:
+            # Every pending bad line belongs to this row: the reader stops at the end of a record.
+            reason = lines.bad[min(lines.bad)]
+            lines.bad.clear()
+            yield BadRow(start, reason, tuple(fields))
+            continue
+        if not fields:
+            continue
+        if len(fields) != width and (len(fields) < width or any(fields[width:])):
+            yield BadRow(start, f"expected {width} fields, found {len(fields)}", tuple(fields))
+            continue
+        yield start, fields
+
+
+@dataclass
+class _Chunk:
+    rows: list  # parsed good rows
+    bad: list[BadRow]
+    count: int  # data rows read, good and bad
+
+
+class _Stopped(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _parsed_chunks(
+    rows: Iterator[tuple[int, list[str]] | BadRow],
+    parse: Callable[[int, list[str]], object],
+    *,
+    chunk_size: int,
+) -> Iterator[Iterator[_Chunk]]:
+    """The rows parsed into chunks of `chunk_size` by a background thread.
+
+    Reading and parsing the next chunk then overlaps the database writing the current
+    one (psycopg releases the GIL while it waits for the server). The thread touches no
+    database: the writes stay on the caller's connection and transaction. An error in
+    the thread is raised in the caller; leaving the block early stops the thread.
+    """
+    ready: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> None:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        raise _Stopped
+
+    def work() -> None:
+        try:
+            chunk = _Chunk([], [], 0)
+            for item in rows:
+                chunk.count += 1
+                if isinstance(item, BadRow):
+                    chunk.bad.append(item)
+                else:
+                    line, fields = item
+                    try:
+                        chunk.rows.append(parse(line, fields))
+                    except _BadValue as exc:
+                        chunk.bad.append(BadRow(line, str(exc), tuple(fields)))
+                if chunk.count >= chunk_size:
+                    put(chunk)
+                    chunk = _Chunk([], [], 0)
+            put(chunk)
+            put(done)
+        except _Stopped:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, who raises it
+            with contextlib.suppress(_Stopped):
+                put(exc)
+
+    def chunks() -> Iterator[_Chunk]:
+        while True:
+            item = ready.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    worker = threading.Thread(target=work, name="import-parser", daemon=True)
+    worker.start()
+    try:
+        yield chunks()
+    finally:
+        stop.set()
+        worker.join()
+
+
+# --- Values ---------------------------------------------------------------------------
+
+
+def _short(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:40] + "…")
+
+
+def _moment_parse(text: str, *, what: str, tz: ZoneInfo, latest: dt.datetime) -> dt.datetime:
+    """YYYY-MM-DD (midnight) or an ISO 8601 datetime; without an offset, in the program's time zone.
+    Returned in UTC, so that the same moment written two ways is the same value."""
+    text = text.strip()
+    if not text:
+        raise _BadValue(f"{what} is missing")
+    try:
+        moment = dt.datetime.fromisoformat(text)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=tz)
+        moment = moment.astimezone(dt.UTC)
+    except (ValueError, OverflowError):
+        raise _BadValue(f"{what} is not a date (YYYY-MM-DD) or ISO 8601 datetime: {_short(text)}") from None
+    if moment > latest:
+        raise _BadValue(f"{what} is more than a day in the future: {_short(text)}")
+    return moment
+
+
+def _amount_parse(text: str) -> Decimal:
+    text = text.strip()
+    if not text:
+        raise _BadValue("amount is missing")
+    try:
+        amount = Decimal(text)
+    except InvalidOperation:
+        raise _BadValue(f"amount is not a number: {_short(text)}") from None
+    if not amount.is_finite():
+        raise _BadValue(f"amount is not a number: {_short(text)}")
+    if amount < 0:
+        raise _BadValue(f"amount is negative: {_short(text)}")
+    if amount >= AMOUNT_LIMIT:
+        raise _BadValue(f"amount is too large (10,000,000,000 or more): {_short(text)}")
+    money = amount.quantize(CENT)
+    if money != amount:
+        raise _BadValue(f"amount has more than 2 decimals: {_short(text)}")
+    return money
+
+
+def _text(fields: list[str], index: int | None, *, what: str, max_length: int) -> str:
+    if index is None:
+        return ""
+    value = fields[index].strip()
+    if len(value) > max_length:
+        raise _BadValue(f"{what} is longer than {max_length} characters")
+    return value
+
+
+def _customer_ref(fields: list[str], index: int) -> str:
+    ref = fields[index].strip()
+    if not ref:
+        raise _BadValue("customer reference is missing")
+    if len(ref) > 64:
+        raise _BadValue("customer reference is longer than 64 characters")
+    return ref
+
+
+# --- Customers, shared by both imports ---------------------------------------------------
+
+
+def _customer_new(ref: str, values: dict, *, now: dt.datetime) -> Customer:
+    customer = Customer(external_ref=ref, **values)
+    if values.get("marketing_consent"):
+        customer.marketing_consent_changed_at = now
+    return customer
+
+
+def _customers_create(
+    values_by_ref: dict[str, dict], *, now: dt.datetime
+) -> dict[str, tuple[int, dt.datetime | None]]:
+    """Create these customers with the given values and return ref → (id, enrolled_at).
+
+    A customer created at the same moment by someone else (the API) is returned as
+    found, with its own data. A new customer whose random referral code clashes with
+    an existing one is skipped by the insert and retried with a new code.
+    """
+    found: dict[str, tuple[int, dt.datetime | None]] = {}
+    pending = dict(values_by_ref)
+    for _attempt in range(CREATE_ATTEMPTS):
+        if not pending:
+            break
+        Customer.objects.bulk_create(
+            [_customer_new(ref, values, now=now) for ref, values in pending.items()],
+            ignore_conflicts=True,
+            batch_size=2_000,
+        )
+        for ref, pk, enrolled_at in Customer.objects.filter(external_ref__in=list(pending)).values_list(
+            "external_ref", "pk", "enrolled_at"
+        ):
+            found[ref] = (pk, enrolled_at)
+            del pending[ref]
+    if pending:
+        raise DomainError(f"Could not create {len(pending)} customer(s), e.g. {next(iter(pending))!r}.")
+    return found
+
+
+class _CustomerCache:
+    """Ref → (id, enrolled_at) across chunks, forgotten wholesale when it grows too big."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.known: dict[str, tuple[int, dt.datetime | None]] = {}
+
+    def update(self, found: dict[str, tuple[int, dt.datetime | None]]) -> None:
+        if len(self.known) + len(found) > self.size:
+            self.known.clear()
+        self.known.update(found)
+
+
+def _customers_resolve(
+    refs: set[str], *, cache: _CustomerCache | None, report: ImportReport, now: dt.datetime
+) -> dict[str, tuple[int, dt.datetime | None]]:
+    """Id and enrolment time of each customer in `refs`, creating unknown ones as non-members.
+
+    One query for the refs not in the cache, and only for missing ones an insert and a re-select.
+    """
+    known = cache.known if cache is not None else {}
+    resolved = {ref: known[ref] for ref in refs if ref in known}
+    wanted = [ref for ref in refs if ref not in resolved]
+    if wanted:
+        found = {
+            ref: (pk, enrolled_at)
+            for ref, pk, enrolled_at in Customer.objects.filter(external_ref__in=wanted).values_list(
+                "external_ref", "pk", "enrolled_at"
+            )
+        }
+        missing = {ref: {} for ref in wanted if ref not in found}
+        if missing:
+            found.update(_customers_create(missing, now=now))
+            report.customers_created += len(missing)
+        resolved.update(found)
+        if cache is not None:
+            cache.update(found)
+    return resolved
+
+
+# --- Purchases -------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _PurchaseRow:
+    line: int
+    fields: list[str]
+    customer_ref: str
+    external_id: str
+    amount: Decimal
+    currency: str
+    occurred_at: dt.datetime
+    category: str
+    fingerprint: str
+
+    @property
+    def lines(self) -> list[dict] | None:
+        return [{"category": self.category, "amount": str(self.amount)}] if self.category else None
+
+
+def purchase_fingerprint(
+    *, customer_ref: str, amount: Decimal, currency: str, occurred_at: dt.datetime, category: str
+) -> str:
+    """The request hash `services.purchase_record` computes for this purchase (one line with
+    the whole amount when there is a category, not enrolling).
+
+    Stored with purchases imported as history, so that the same row sent later through the
+    service is recognised as a replay of the same purchase, not as a conflict. It is the
+    JSON `services.request_hash` writes, built directly: json.dumps costs more than all the
+    rest of a row (tests hold the two equal).
+    """
+    quote = _json_string
+    amount_json = quote(str(amount))
+    lines = f'[{{"amount": {amount_json}, "category": {quote(category)}}}]' if category else "[]"
+    payload = (
+        f'{{"amount": {amount_json}, "currency": {quote(currency)}, "customer": {quote(customer_ref)}, '
+        f'"enroll": false, "lines": {lines}, "occurred_at": {quote(occurred_at.isoformat())}}}'
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class _PurchaseParser:
+    def __init__(self, columns: dict[str, int], *, now: dt.datetime):
+        self.customer = columns["customer"]
+        self.occurred_at = columns["occurred_at"]
+        self.amount = columns["amount"]
+        self.external_id = columns.get("external_id")
+        self.currency = columns.get("currency")
+        self.category = columns.get("category")
+        self.program_currency = settings.PROGRAM_CURRENCY
+        self.tz = ZoneInfo(settings.TIME_ZONE)
+        self.latest = now + FUTURE_TOLERANCE
+
+    def __call__(self, line: int, fields: list[str]) -> _PurchaseRow:
+        customer_ref = _customer_ref(fields, self.customer)
+        occurred_at = _moment_parse(
+            fields[self.occurred_at], what="occurred_at", tz=self.tz, latest=self.latest
+        )
+        amount = _amount_parse(fields[self.amount])
+        currency = self.program_currency
+        if self.currency is not None:
+            given = fields[self.currency].strip().upper()
+            if given and given != currency:
+                raise _BadValue(f"currency {_short(given)} is not the program currency {currency}")
+        category = _text(fields, self.category, what="category", max_length=64)
+        external_id = _text(fields, self.external_id, what="external_id", max_length=100)
+        fingerprint = purchase_fingerprint(
+            customer_ref=customer_ref,
+            amount=amount,
+            currency=currency,
+            occurred_at=occurred_at,
+            category=category,
+        )
+        # Without an id, the row's normalised content is its id: the same row again is the same purchase.
+        return _PurchaseRow(
+            line,
+            fields,
+            customer_ref,
+            external_id or f"row-{fingerprint}",
+            amount,
+            currency,
+            occurred_at,
+            category,
+            fingerprint,
+        )
+
+
+# A chunk is copied (binary COPY, the fastest way in) to this table of the session,
+# then inserted with its lines in one statement.
+_STAGE_TABLE = "import_purchase_stage"
+_STAGE_CREATE_SQL = f"""
+CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE_TABLE} (
+    external_id varchar(100) NOT NULL, customer_id bigint NOT NULL, amount numeric(12, 2) NOT NULL,
+    occurred_at timestamptz NOT NULL, was_member boolean NOT NULL, request_hash varchar(64) NOT NULL,
+    category varchar(64) NOT NULL
+)
+"""
+_STAGE_TYPES = ["varchar", "int8", "numeric", "timestamptz", "bool", "varchar", "varchar"]
+_STAGE_INSERT_SQL = """
+WITH inserted AS (
+    INSERT INTO {purchase} (integration_id, external_id, customer_id, amount, currency, occurred_at,
+        refunded_amount, points_earned, points_clawed_back, was_member, request_hash, balance_after,
+        explanation, created_at)
+    SELECT %s, s.external_id, s.customer_id, s.amount, %s, s.occurred_at, 0, 0, 0, s.was_member,
+        s.request_hash, NULL, '[]'::jsonb, %s
+    FROM {stage} s
+    ON CONFLICT DO NOTHING
+    RETURNING id, external_id
+), lines AS (
+    INSERT INTO {line} (purchase_id, sku, category, quantity, amount)
+    SELECT i.id, '', s.category, 1, s.amount FROM inserted i JOIN {stage} s USING (external_id)
+    WHERE s.category <> ''
+)
+SELECT external_id FROM inserted
+"""
+
+
+def _purchases_insert(
+    rows: list[_PurchaseRow], *, integration_id: int, customers: dict, currency: str, now: dt.datetime
+) -> set[str]:
+    """Insert these purchases (distinct external ids) unless already there, each with one line
+    for the whole amount when it has a category. The external ids of those inserted."""
+    if not rows:
+        return set()
+
+    def was_member(row: _PurchaseRow) -> bool:
+        enrolled_at = customers[row.customer_ref][1]
+        return enrolled_at is not None and enrolled_at <= row.occurred_at
+
+    if connection.vendor == "postgresql":
+        # ON CONFLICT ... RETURNING says exactly which rows are new, even beside a concurrent import.
+        with connection.cursor() as cursor:
+            cursor.execute(_STAGE_CREATE_SQL)
+            cursor.execute(f"TRUNCATE {_STAGE_TABLE}")
+            with cursor.copy(f"COPY {_STAGE_TABLE} FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(_STAGE_TYPES)
+                for row in rows:
+                    copy.write_row(
+                        (
+                            row.external_id,
+                            customers[row.customer_ref][0],
+                            row.amount,
+                            row.occurred_at,
+                            was_member(row),
+                            row.fingerprint,
+                            row.category,
+                        )
+                    )
+            cursor.execute(
+                _STAGE_INSERT_SQL.format(
+                    purchase=Purchase._meta.db_table, line=PurchaseLine._meta.db_table, stage=_STAGE_TABLE
+                ),
+                [integration_id, currency, now],
+            )
+            return {external_id for (external_id,) in cursor.fetchall()}
+    # Other databases (the SQLite demo): leave out what is there, insert the rest with the ORM.
+    there = set(
+        Purchase.objects.filter(
+            integration_id=integration_id, external_id__in=[row.external_id for row in rows]
+        ).values_list("external_id", flat=True)
+    )
+    new = [row for row in rows if row.external_id not in there]
+    Purchase.objects.bulk_create(
+        [
+            Purchase(
+                integration_id=integration_id,
+                external_id=row.external_id,
+                customer_id=customers[row.customer_ref][0],
+                amount=row.amount,
+                currency=currency,
+                occurred_at=row.occurred_at,
+                was_member=was_member(row),
+                request_hash=row.fingerprint,
+            )
+            for row in new
+        ],
+        ignore_conflicts=True,
+        batch_size=500,
+    )
+    ids = dict(
+        Purchase.objects.filter(
+            integration_id=integration_id, external_id__in=[row.external_id for row in new]
+        ).values_list("external_id", "pk")
+    )
+    PurchaseLine.objects.bulk_create(
+        [
+            PurchaseLine(purchase_id=ids[row.external_id], category=row.category, amount=row.amount)
+            for row in new
+            if row.category
+        ],
+        batch_size=500,
+    )
+    return set(ids)
+
+
+def _purchases_write_history(
+    rows: list[_PurchaseRow],
+    *,
+    integration_id: int,
+    customers: dict,
+    now: dt.datetime,
+    report: ImportReport,
+    bad: Callable[[BadRow], None],
+) -> None:
+    """Record these purchases (distinct external ids) as history: no points. A purchase already
+    there with the same data counts as unchanged; with other data, its row is bad."""
+    inserted = _purchases_insert(
+        rows, integration_id=integration_id, customers=customers, currency=settings.PROGRAM_CURRENCY, now=now
+    )
+    report.created += len(inserted)
+    others = [row for row in rows if row.external_id not in inserted]
+    if not others:
+        return
+    conflicting = _purchases_conflicting(others, integration_id=integration_id)
+    for row in others:
+        if row.external_id in conflicting:
+            bad(_conflict(row))
+        else:
+            report.unchanged += 1
+
+
+# LATERAL ... LIMIT 1: one probe of the unique index per row of the chunk, whatever the
+# statistics say (a hash join would read every purchase of the integration, each chunk).
+_STAGE_CONFLICTS_SQL = """
+SELECT s.external_id FROM {stage} s
+CROSS JOIN LATERAL (
+    SELECT p.request_hash FROM {purchase} p
+    WHERE p.integration_id = %s AND p.external_id = s.external_id LIMIT 1
+) p
+WHERE p.request_hash <> s.request_hash
+"""
+
+
+def _purchases_conflicting(rows: list[_PurchaseRow], *, integration_id: int) -> set[str]:
+    """The external ids of these rows (already recorded) that were recorded with other data."""
+    if connection.vendor == "postgresql":
+        # The chunk is still in the stage table: compare there rather than send the ids again.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _STAGE_CONFLICTS_SQL.format(stage=_STAGE_TABLE, purchase=Purchase._meta.db_table),
+                [integration_id],
+            )
+            return {external_id for (external_id,) in cursor.fetchall()}
+    recorded = dict(
+        Purchase.objects.filter(
+            integration_id=integration_id, external_id__in=[row.external_id for row in rows]
+        ).values_list("external_id", "request_hash")
+    )
+    return {row.external_id for row in rows if recorded.get(row.external_id) != row.fingerprint}
+
+
+def _conflict(row: _PurchaseRow) -> BadRow:
+    return BadRow(
+        row.line,
+        f"purchase {_short(row.external_id)} was already recorded with different data",
+        tuple(row.fields),
+    )
+
+
+def _purchases_award(
+    rows: list[_PurchaseRow],
+    *,
+    integration,
+    report: ImportReport,
+    bad: Callable[[BadRow], None],
+) -> None:
+    """Record these members' purchases through the service, which awards their points (idempotent).
+
+    A few at a time share a transaction: one commit (and disk flush) per purchase would cost
+    more than the purchase, and a member's account stays locked only while a batch runs.
+    """
+    for start in range(0, len(rows), AWARD_BATCH):
+        with transaction.atomic():
+            for row in rows[start : start + AWARD_BATCH]:
+                try:
+                    result = services.purchase_record(
+                        integration=integration,
+                        external_id=row.external_id,
+                        customer_ref=row.customer_ref,
+                        amount=row.amount,
+                        currency=row.currency,
+                        occurred_at=row.occurred_at,
+                        lines=row.lines,
+                    )
+                except DomainError as exc:
+                    bad(BadRow(row.line, exc.message, tuple(row.fields)))
+                    continue
+                if result.created:
+                    report.created += 1
+                    report.points_awarded += result.points_earned
+                else:
+                    report.unchanged += 1
+
+
+def _purchases_chunk_write(
+    rows: list[_PurchaseRow],
+    *,
+    integration,
+    award_points: bool,
+    cache: _CustomerCache | None,
+    report: ImportReport,
+    bad: Callable[[BadRow], None],
+) -> None:
+    now = timezone.now()
+    # The same id twice in a chunk: the first wins, a repeat is unchanged, other data is a conflict.
+    distinct: dict[str, _PurchaseRow] = {}
+    for row in rows:
+        first = distinct.setdefault(row.external_id, row)
+        if first is not row:
+            if first.fingerprint == row.fingerprint:
+                report.unchanged += 1
+            else:
+                bad(_conflict(row))
+    rows = list(distinct.values())
+    with transaction.atomic():
+        customers = _customers_resolve(
+            {row.customer_ref for row in rows}, cache=cache, report=report, now=now
+        )
+        earning: list[_PurchaseRow] = []
+        history = rows
+        if award_points:
+            # Only a member's purchases since enrolment earn: they go through the service, one by one.
+            # The rest earn nothing and take the fast path, with the result the service would give.
+            history = []
+            for row in rows:
+                enrolled_at = customers[row.customer_ref][1]
+                member_then = enrolled_at is not None and enrolled_at <= row.occurred_at
+                (earning if member_then else history).append(row)
+        _purchases_write_history(
+            history, integration_id=integration.pk, customers=customers, now=now, report=report, bad=bad
+        )
+    _purchases_award(earning, integration=integration, report=report, bad=bad)
+
+
+def _import_run(
+    *,
+    path: str | Path,
+    encoding: str,
+    required: tuple[str, ...],
+    optional: tuple[str, ...],
+    max_line_length: int,
+    chunk_size: int,
+    parser: Callable[[dict[str, int]], Callable[[int, list[str]], object]],
+    write: Callable[[list, ImportReport, Callable[[BadRow], None]], None],
+    on_bad_row: Callable[[BadRow], None] | None,
+    on_progress: Callable[[ImportReport], None] | None,
+    progress_every: int,
+) -> ImportReport:
+    """Read, parse (in the background) and write a file a chunk at a time; the report."""
+    started = time.monotonic()
+    report = ImportReport()
+
+    def bad(row: BadRow) -> None:
+        report.bad += 1
+        if on_bad_row is not None:
+            on_bad_row(row)
+
+    with (
+        _csv_open(
+            path,
+            encoding=encoding,
+            required=required,
+            optional=optional,
+            max_line_length=max_line_length,
+            report=report,
+        ) as csv_file,
+        _parsed_chunks(csv_file.rows, parser(csv_file.columns), chunk_size=max(1, chunk_size)) as chunks,
+    ):
+        next_progress = progress_every
+        for chunk in chunks:
+            report.rows += chunk.count
+            for row in chunk.bad:
+                bad(row)
+            if chunk.rows:
+                write(chunk.rows, report, bad)
+            if on_progress is not None and progress_every and report.rows >= next_progress:
+                report.seconds = time.monotonic() - started
+                on_progress(report)
+                next_progress = report.rows + progress_every
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def purchases_import(
+    *,
+    path: str | Path,
+    encoding: str = "utf-8",
+    award_points: bool = False,
+    chunk_size: int = CHUNK_SIZE,
+    max_line_length: int = MAX_LINE_LENGTH,
+    on_bad_row: Callable[[BadRow], None] | None = None,
+    on_progress: Callable[[ImportReport], None] | None = None,
+    progress_every: int = 100_000,
+) -> ImportReport:
+    """Import purchase history from a CSV file (columns customer, occurred_at, amount; optional
+    external_id, currency, category) under the integration of `services.integration_for_import`.
+
+    Idempotent on (integration, external_id); a row without external_id gets "row-" and the
+    SHA-256 of its normalised content, so the same row again is the same purchase (and two
+    identical rows are one purchase). A row whose id was recorded with other data is bad.
+    Unknown customers are created as non-members.
+
+    Without `award_points`, purchases are history only: no ledger entries, no points, written
+    in bulk a chunk at a time. With it, each purchase a member made since enrolling goes
+    through `services.purchase_record` and earns under the rules in force when it was made;
+    the others are recorded as history, as the service would record them. A purchase first
+    imported as history keeps earning nothing when imported again with `award_points`.
+    """
+    integration = services.integration_for_import()
+    # Enrolments change while an award run goes: it looks customers up afresh for each chunk.
+    cache = None if award_points else _CustomerCache(CUSTOMER_CACHE_SIZE)
+
+    def write(rows: list[_PurchaseRow], report: ImportReport, bad: Callable[[BadRow], None]) -> None:
+        _purchases_chunk_write(
+            rows, integration=integration, award_points=award_points, cache=cache, report=report, bad=bad
+        )
+
+    return _import_run(
+        path=path,
+        encoding=encoding,
+        required=PURCHASE_COLUMNS_REQUIRED,
+        optional=PURCHASE_COLUMNS_OPTIONAL,
+        max_line_length=max_line_length,
+        chunk_size=chunk_size,
+        parser=lambda columns: _PurchaseParser(columns, now=timezone.now()),
+        write=write,
+        on_bad_row=on_bad_row,
+        on_progress=on_progress,
+        progress_every=progress_every,
+    )
+
+
+# --- Customers ---------------------------------------------------------------------------
+
+
+class _CustomerParser:
+    def __init__(self, columns: dict[str, int], *, now: dt.datetime):
+        self.columns = columns
+        self.tz = ZoneInfo(settings.TIME_ZONE)
+        self.now = now
+        self.today = timezone.localdate(now, self.tz)
+        self.languages = {code for code, _name in settings.LANGUAGES}
+
+    def _get(self, fields: list[str], name: str) -> str:
+        index = self.columns.get(name)
+        return fields[index].strip() if index is not None else ""
+
+    def __call__(self, line: int, fields: list[str]) -> tuple[str, dict]:  # noqa: C901 - one branch per column
+        """(external_ref, values the row gives): an empty cell gives nothing."""
+        ref = _customer_ref(fields, self.columns["external_ref"])
+        values: dict = {}
+        if email := self._get(fields, "email"):
+            try:
+                validate_email(email)
+            except ValidationError:
+                raise _BadValue(f"email is not an email address: {_short(email)}") from None
+            values["email"] = email
+        first_name, last_name = self._get(fields, "first_name"), self._get(fields, "last_name")
+        if not (first_name or last_name) and (name := self._get(fields, "name")):
+            first_name, _space, last_name = name.partition(" ")
+            last_name = last_name.strip()
+        for key, value in (("first_name", first_name), ("last_name", last_name)):
+            if len(value) > 150:
+                raise _BadValue(f"{key} is longer than 150 characters")
+            if value:
+                values[key] = value
+        if birthday := self._get(fields, "birthday"):
+            try:
+                day = dt.date.fromisoformat(birthday)
+            except ValueError:
+                raise _BadValue(f"birthday is not a date (YYYY-MM-DD): {_short(birthday)}") from None
+            if day > self.today or day.year < 1900:
+                raise _BadValue(f"birthday is not plausible: {_short(birthday)}")
+            values["birthday"] = day
+        if enrolled_at := self._get(fields, "enrolled_at"):
+            values["enrolled_at"] = _moment_parse(
+                enrolled_at, what="enrolled_at", tz=self.tz, latest=self.now + FUTURE_TOLERANCE
+            )
+        if language := self._get(fields, "language").lower():
+            if language not in self.languages:
+                raise _BadValue(
+                    f"language {_short(language)} is not one of {', '.join(sorted(self.languages))}"
+                )
+            values["language"] = language
+        if consent := self._get(fields, "marketing_consent").lower():
+            if consent in _TRUE:
+                values["marketing_consent"] = True
+            elif consent in _FALSE:
+                values["marketing_consent"] = False
+            else:
+                raise _BadValue(f"marketing_consent is not true/false/1/0/yes/no: {_short(consent)}")
+        return ref, values
+
+
+def _customer_apply(customer: Customer, values: dict, *, now: dt.datetime) -> list[str]:
+    """Give an existing customer the file's values; the fields that changed.
+
+    An enrolment date is only ever added: a member stays a member, enrolled when they were.
+    """
+    changed = []
+    for key, value in values.items():
+        if key == "enrolled_at":
+            if customer.enrolled_at is None:
+                customer.enrolled_at = value
+                changed.append(key)
+        elif getattr(customer, key) != value:
+            setattr(customer, key, value)
+            changed.append(key)
+            if key == "marketing_consent":
+                customer.marketing_consent_changed_at = now
+                changed.append("marketing_consent_changed_at")
+    return changed
+
+
+def _accounts_open(enrolled: dict[int, dt.datetime]) -> int:
+    """Open a points account on the lowest tier for each of these members who has none.
+
+    No signup bonus and no ledger entry: the enrolment is history. How many were opened.
+    """
+    if not enrolled:
+        return 0
+    have = set(PointsAccount.objects.filter(pk__in=list(enrolled)).values_list("pk", flat=True))
+    tier = tier_lowest()
+    accounts = [
+        PointsAccount(customer_id=pk, tier=tier, tier_changed_at=at)
+        for pk, at in enrolled.items()
+        if pk not in have
+    ]
+    PointsAccount.objects.bulk_create(accounts, ignore_conflicts=True, batch_size=2_000)
+    return len(accounts)
+
+
+@transaction.atomic
+def _customers_chunk_write(rows: list[tuple[str, dict]], *, report: ImportReport) -> None:
+    now = timezone.now()
+    merged: dict[str, dict] = {}
+    for ref, values in rows:
+        merged.setdefault(ref, {}).update(values)
+    # Locked in id order, as customer_enroll locks a customer: the enrolment of a customer
+    # and the creation of their account cannot interleave with the API's.
+    existing = {
+        customer.external_ref: customer
+        for customer in Customer.objects.select_for_update()
+        .filter(external_ref__in=list(merged))
+        .order_by("pk")
+    }
+    changed: list[Customer] = []
+    changed_fields: set[str] = set()
+    enrolled: dict[int, dt.datetime] = {}
+    for ref, customer in existing.items():
+        fields = _customer_apply(customer, merged[ref], now=now)
+        if fields:
+            changed.append(customer)
+            changed_fields.update(fields)
+        if customer.enrolled_at is not None:
+            enrolled[customer.pk] = customer.enrolled_at
+    if changed:
+        Customer.objects.bulk_update(changed, sorted(changed_fields), batch_size=1_000)
+    report.updated += len(changed)
+    report.unchanged += len(existing) - len(changed)
+    new = {ref: values for ref, values in merged.items() if ref not in existing}
+    if new:
+        for pk, enrolled_at in _customers_create(new, now=now).values():
+            if enrolled_at is not None:
+                enrolled[pk] = enrolled_at
+        report.created += len(new)
+    report.members_created += _accounts_open(enrolled)
+
+
+def customers_import(
+    *,
+    path: str | Path,
+    encoding: str = "utf-8",
+    chunk_size: int = CHUNK_SIZE,
+    max_line_length: int = MAX_LINE_LENGTH,
+    on_bad_row: Callable[[BadRow], None] | None = None,
+    on_progress: Callable[[ImportReport], None] | None = None,
+    progress_every: int = 100_000,
+) -> ImportReport:
+    """Import customers from a CSV file (column external_ref; optional email, first_name,
+    last_name or name, birthday, enrolled_at, language, marketing_consent).
+
+    An upsert on external_ref: a new customer is created with the row's values; an
+    existing one takes the values the row gives and keeps the rest. Later rows of the
+    same customer win. A customer with enrolled_at becomes a member with a points
+    account on the lowest tier, without signup bonus or ledger entry; an existing
+    enrolment is never moved or removed. Importing the same file again changes nothing.
+    """
+    return _import_run(
+        path=path,
+        encoding=encoding,
+        required=CUSTOMER_COLUMNS_REQUIRED,
+        optional=CUSTOMER_COLUMNS_OPTIONAL,
+        max_line_length=max_line_length,
+        chunk_size=chunk_size,
+        parser=lambda columns: _CustomerParser(columns, now=timezone.now()),
+        write=lambda rows, report, bad: _customers_chunk_write(rows, report=report),
+        on_bad_row=on_bad_row,
+        on_progress=on_progress,
+        progress_every=progress_every,
+    )
+
+
+# --- Reporting, for the commands -----------------------------------------------------------
+
+
+class BadRowLog:
+    """Reports bad rows: the first `show` as lines on `stream`, every one to an optional CSV file
+    (columns line, reason, row). Use as a context manager."""
+
+    def __init__(self, *, stream, errors_path: str | Path | None = None, show: int = 1_000):
+        self.stream = stream
+        self.errors_path = errors_path
+        self.show = show
+        self.count = 0
+        self._file = None
+        self._writer = None
+
+    def __enter__(self) -> BadRowLog:
+        if self.errors_path:
+            # backslashreplace: undecodable bytes of a bad row are written as escapes, not refused.
+            self._file = open(  # noqa: SIM115 - closed in __exit__
+                self.errors_path, "w", encoding="utf-8", errors="backslashreplace", newline=""
+            )
+            self._writer = csv.writer(self._file)
+            self._writer.writerow(["line", "reason", "row"])
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def __call__(self, row: BadRow) -> None:
+        self.count += 1
+        if self.count <= self.show:
+            self.stream.write(f"line {row.line}: {row.reason}")
+        elif self.count == self.show + 1:
+            where = "; all are in the errors file" if self._writer else ""
+            self.stream.write(f"(more bad rows are only counted{where})")
+        if self._writer is not None:
+            content = io.StringIO()
+            csv.writer(content).writerow(row.fields)
+            self._writer.writerow([row.line, row.reason, content.getvalue().rstrip("\r\n")[:10_000]])
+
+
+def progress_line(report: ImportReport) -> str:
+    return (
+        f"{report.rows:,} rows, {report.bad:,} bad, {report.seconds:,.1f} s, "
+        f"{report.rows_per_second:,.0f} rows/s"
+    )
