@@ -43,9 +43,13 @@ class PointsAccount(models.Model):
 class Purchase(models.Model):
     """A completed purchase as the shop's system reported it, member or not."""
 
-    integration = models.ForeignKey(Integration, on_delete=models.PROTECT, related_name="purchases")
+    # No single-column indexes on these two: the unique (integration, external_id) and the
+    # (customer, occurred_at) index lead with them. Fewer indexes, faster imports.
+    integration = models.ForeignKey(
+        Integration, on_delete=models.PROTECT, related_name="purchases", db_index=False
+    )
     external_id = models.CharField(_("external id"), max_length=100)
-    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="purchases")
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="purchases", db_index=False)
     amount = models.DecimalField(_("amount"), max_digits=12, decimal_places=2)
     currency = models.CharField(_("currency"), max_length=3)
     occurred_at = models.DateTimeField(_("occurred at"))
@@ -106,7 +110,9 @@ class PurchaseLine(models.Model):
 class Refund(models.Model):
     """A full or partial refund of a purchase, by amount."""
 
-    integration = models.ForeignKey(Integration, on_delete=models.PROTECT, related_name="refunds")
+    integration = models.ForeignKey(
+        Integration, on_delete=models.PROTECT, related_name="refunds", db_index=False
+    )
     refund_id = models.CharField(_("refund id"), max_length=100)
     purchase = models.ForeignKey(Purchase, on_delete=models.PROTECT, related_name="refunds")
     amount = models.DecimalField(_("amount"), max_digits=12, decimal_places=2)
@@ -170,7 +176,10 @@ class LedgerEntry(models.Model):
         ADJUST = "adjust", _("adjusted")
         REVERSAL = "reversal", _("returned")
 
-    account = models.ForeignKey(PointsAccount, on_delete=models.PROTECT, related_name="entries")
+    # Indexed by (account, created_at, id) below.
+    account = models.ForeignKey(
+        PointsAccount, on_delete=models.PROTECT, related_name="entries", db_index=False
+    )
     kind = models.CharField(_("kind"), max_length=10, choices=Kind.choices)
     points = models.IntegerField(_("points"))
     balance_after = models.IntegerField(_("balance after"))
