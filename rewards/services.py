@@ -86,6 +86,32 @@ def _account_lock(customer_id: int) -> PointsAccount:
         raise NotAMember("This customer is not a member of the loyalty program.") from None
 
 
+def _entry_append(
+    account: PointsAccount,
+    *,
+    kind: str,
+    points: int,
+    key: str,
+    explanation: list[dict],
+    at: dt.datetime,
+    **cause,
+) -> LedgerEntry:
+    """Append one entry and move the (locked) account's balance by its points, in this transaction."""
+    account.balance += points
+    entry = LedgerEntry.objects.create(
+        account=account,
+        kind=kind,
+        points=points,
+        balance_after=account.balance,
+        created_at=at,
+        idempotency_key=key,
+        explanation=explanation,
+        **cause,
+    )
+    PointsAccount.objects.filter(pk=account.pk).update(balance=account.balance, updated_at=timezone.now())
+    return entry
+
+
 def _credit(
     account: PointsAccount,
     *,
@@ -106,17 +132,7 @@ def _credit(
     repaid = min(debt, points)
     if repaid:
         explanation = [*explanation, {"code": "debt_repaid", "points": repaid}]
-    account.balance += points
-    entry = LedgerEntry.objects.create(
-        account=account,
-        kind=kind,
-        points=points,
-        balance_after=account.balance,
-        created_at=at,
-        idempotency_key=key,
-        explanation=explanation,
-        **cause,
-    )
+    entry = _entry_append(account, kind=kind, points=points, key=key, explanation=explanation, at=at, **cause)
     if points - repaid > 0:
         PointsLot.objects.create(
             account=account,
@@ -126,7 +142,6 @@ def _credit(
             earned_at=at,
             expires_at=_lot_expiry(at) if expires_at is True else expires_at,
         )
-    PointsAccount.objects.filter(pk=account.pk).update(balance=account.balance, updated_at=timezone.now())
     return entry
 
 
@@ -147,16 +162,8 @@ def _debit(
     if not allow_debt and account.balance < points:
         raise InsufficientPoints(f"The balance is {account.balance} points; {points} are needed.")
     available = max(0, account.balance)
-    account.balance -= points
-    entry = LedgerEntry.objects.create(
-        account=account,
-        kind=kind,
-        points=-points,
-        balance_after=account.balance,
-        created_at=at,
-        idempotency_key=key,
-        explanation=explanation,
-        **cause,
+    entry = _entry_append(
+        account, kind=kind, points=-points, key=key, explanation=explanation, at=at, **cause
     )
     to_take = min(points, available)
     consumptions = []
@@ -169,7 +176,6 @@ def _debit(
             if not to_take:
                 break
         LotConsumption.objects.bulk_create(consumptions)
-    PointsAccount.objects.filter(pk=account.pk).update(balance=account.balance, updated_at=timezone.now())
     return entry
 
 
@@ -188,22 +194,18 @@ def _expire_due_lots(account: PointsAccount, *, before: dt.datetime) -> int:
             continue
         earned_on = timezone.localtime(lot.earned_at, program_tz()).date().isoformat()
         remaining = lot.remaining
-        account.balance -= remaining
-        entry = LedgerEntry.objects.create(
-            account=account,
+        entry = _entry_append(
+            account,
             kind=Kind.EXPIRE,
             points=-remaining,
-            balance_after=account.balance,
-            created_at=timezone.now(),
-            idempotency_key=key,
+            key=key,
             explanation=[{"code": "expire", "earned_on": earned_on}],
+            at=timezone.now(),
             lot=lot,
         )
         PointsLot.objects.filter(pk=lot.pk).update(remaining=0)
         LotConsumption.objects.create(entry=entry, lot=lot, points=remaining)
         expired += remaining
-    if expired:
-        PointsAccount.objects.filter(pk=account.pk).update(balance=account.balance, updated_at=timezone.now())
     return expired
 
 
