@@ -1,53 +1,24 @@
 """Import customers from a CSV file; exit 1 when some rows were bad (the good ones are in)."""
 
-import sys
+from rewards.importing import customers_import
 
-from django.core.management.base import BaseCommand, CommandError
-
-from rewards.importing import CHUNK_SIZE, BadRowLog, ImportFileError, customers_import, progress_line
+from ._csv_import import CsvImportCommand
 
 
-class Command(BaseCommand):
+class Command(CsvImportCommand):
     help = (
         "Import customers from a CSV file with column external_ref and optional email, first_name, "
         "last_name (or name), birthday, enrolled_at, language, marketing_consent. Existing customers "
         "take the values the file gives; enrolled_at makes a member without a signup bonus."
     )
 
-    def add_arguments(self, parser):
-        parser.add_argument("file", help="The CSV file (header line first).")
-        parser.add_argument("--encoding", default="utf-8", help="The file's text encoding (default utf-8).")
-        parser.add_argument("--errors", metavar="FILE", help="Write every bad row to this CSV file.")
-        parser.add_argument(
-            "--chunk-size", type=int, default=CHUNK_SIZE, help="Rows written per transaction."
-        )
-        parser.add_argument(
-            "--progress-every", type=int, default=100_000, help="A progress line every N rows (0: none)."
-        )
-        parser.add_argument("--show-errors", type=int, default=1000, help="Print at most N bad rows.")
+    def run_import(self, options, **common):
+        return customers_import(**common)
 
-    def handle(self, *args, **options):
-        try:
-            with BadRowLog(
-                stream=self.stderr, errors_path=options["errors"], show=options["show_errors"]
-            ) as log:
-                report = customers_import(
-                    path=options["file"],
-                    encoding=options["encoding"],
-                    chunk_size=max(1, options["chunk_size"]),
-                    on_bad_row=log,
-                    on_progress=lambda report: self.stderr.write(progress_line(report)),
-                    progress_every=options["progress_every"],
-                )
-        except (ImportFileError, OSError) as exc:
-            raise CommandError(str(exc)) from exc
-        if report.ignored_columns:
-            self.stderr.write(f"Ignored columns: {', '.join(report.ignored_columns)}")
-        self.stdout.write(
+    def summary(self, report) -> str:
+        return (
             f"import_customers: {report.rows:,} rows: {report.created:,} customers created, "
             f"{report.updated:,} updated, {report.unchanged:,} unchanged, {report.bad:,} bad; "
             f"{report.members_created:,} enrolled as members. "
             f"{report.seconds:,.1f} s, {report.rows_per_second:,.0f} rows/s."
         )
-        if report.bad:
-            sys.exit(1)
