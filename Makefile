@@ -44,8 +44,11 @@ test: venv translations lint
 messages: venv
 	$(DEMO_ENV) $(PY) manage.py makemessages --all --no-obsolete --ignore=.venv --ignore=var --ignore=tests
 
+# Benchmarks of the integration API (PostgreSQL and Redis on 127.0.0.1; about 7 minutes):
+# seeds the database loyalty_bench, runs gunicorn and the load, prints the figures
+# (bench/RESULTS.md). Options: make bench BENCH_ARGS="--scenarios customers --reuse-db".
 bench: venv
-	$(TEST_ENV) $(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var staticfiles
