@@ -6,7 +6,7 @@ PY := $(BIN)/python
 DEMO_ENV := DJANGO_SETTINGS_MODULE=loyalty_site.settings.dev PATH="$(CURDIR)/$(BIN):$$PATH"
 TEST_ENV := DJANGO_SETTINGS_MODULE=loyalty_site.settings.test
 
-.PHONY: demo test lint format messages translations venv clean bench
+.PHONY: demo test lint format messages translations venv clean bench fuzz audit
 
 # The environment is rebuilt when a requirements file changes.
 $(BIN)/.installed: requirements.txt requirements-dev.txt
@@ -42,13 +42,45 @@ test: venv translations lint
 
 # Extract new strings into every catalogue (needs GNU gettext), then translate them.
 messages: venv
-	$(DEMO_ENV) $(PY) manage.py makemessages --all --no-obsolete --ignore=.venv --ignore=var --ignore=tests
+	$(DEMO_ENV) $(PY) manage.py makemessages --all --no-obsolete --ignore=.venv --ignore=var --ignore=tests --ignore=bench --ignore=staticfiles --ignore=test-artifacts
 
 # Benchmarks of the integration API (PostgreSQL and Redis on 127.0.0.1; about 7 minutes):
 # seeds the database loyalty_bench, runs gunicorn and the load, prints the figures
 # (bench/RESULTS.md). Options: make bench BENCH_ARGS="--scenarios customers --reuse-db".
 bench: venv
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# A longer fuzzing session of the integration API from its OpenAPI schema (schemathesis;
+# the suite runs a short one): FUZZ_EXAMPLES per operation and a new seed each time, printed
+# so that `make fuzz FUZZ_SEED=...` replays a failure.
+FUZZ_EXAMPLES ?= 300
+FUZZ_SEED ?= $(shell date +%s)
+fuzz: venv
+	@echo "fuzz: $(FUZZ_EXAMPLES) examples per operation, seed $(FUZZ_SEED)"
+	$(TEST_ENV) FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_SEED=$(FUZZ_SEED) $(BIN)/pytest \
+		tests/rewards/test_api_fuzz.py -k every_api_operation --timeout=3600 -p no:cacheprovider $(PYTEST_ARGS)
+
+# Security checks (.ci/run runs them before the suite, in about 20 s):
+# - bandit, a static scan of our code for medium and high findings (skipped checks and why:
+#   [tool.bandit] in pyproject.toml);
+# - pip-audit, the pinned requirements against PyPI's vulnerability data (--strict: a package it
+#   cannot look up fails the audit). It needs PyPI's JSON API: when it cannot audit from this
+#   machine the target says so and fails, unless AUDIT_OFFLINE=skip (CI behind a proxy), which
+#   skips the dependency audit loudly. It never passes without having checked.
+AUDIT_OFFLINE ?= fail
+audit: venv
+	$(BIN)/bandit -c pyproject.toml -r accounts rewards campaigns analytics loyalty_site -ll -q
+	@echo "audit: bandit found no medium or high issue"
+	@out=$$($(BIN)/pip-audit -r requirements.txt --strict --progress-spinner off 2>&1); rc=$$?; \
+	echo "$$out"; \
+	if [ $$rc -ne 0 ] && echo "$$out" | grep -qiE "could not be audited|connection|resolve|timed out|max retries"; then \
+		echo "audit: pip-audit could NOT check the requirements: its vulnerability service (PyPI's JSON API)"; \
+		echo "audit: is unreachable from here or does not know these releases. Dependencies NOT audited."; \
+		if [ "$(AUDIT_OFFLINE)" = "skip" ]; then echo "audit: AUDIT_OFFLINE=skip: going on without it"; exit 0; fi; \
+		exit 2; \
+	fi; \
+	if [ $$rc -eq 0 ]; then echo "audit: pip-audit found no known vulnerability"; fi; \
+	exit $$rc
 
 clean:
 	rm -rf $(VENV) var staticfiles

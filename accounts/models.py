@@ -1,8 +1,11 @@
-"""Who people are: logins (User). Customers and staff roles build on it."""
+"""Who people are: logins (User), customers, and the audit log of what staff did."""
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
+from django.contrib.contenttypes.models import ContentType
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 
@@ -14,6 +17,8 @@ class User(AbstractUser):
     """
 
     email = models.EmailField(_("email address"), blank=True, db_index=True)
+    # Set when the member followed the link sent to `email`; redeeming needs it.
+    email_confirmed_at = models.DateTimeField(_("email confirmed at"), null=True, blank=True)
 
     class Meta(AbstractUser.Meta):
         swappable = "AUTH_USER_MODEL"
@@ -66,6 +71,8 @@ class Customer(models.Model):
         on_delete=models.SET_NULL,
         related_name="customer",
     )
+    # The member asked to close the account; support handles it (the ledger is kept).
+    closure_requested_at = models.DateTimeField(_("closure requested at"), null=True, blank=True)
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
 
     class Meta:
@@ -88,3 +95,61 @@ class Customer(models.Model):
     @property
     def display_name(self) -> str:
         return f"{self.first_name} {self.last_name}".strip() or self.external_ref
+
+
+class AuditEntry(models.Model):
+    """One staff action that changed points, rules, tiers, rewards, campaigns, tokens or roles.
+
+    Append-only: the database refuses UPDATE and DELETE (migration 0006), the admin shows the
+    log read-only. `user` is PROTECT: a staff login that acted cannot be deleted (deactivate it),
+    and its name is also kept as text.
+    """
+
+    class Action(models.TextChoices):
+        CREATE = "create", _("created")
+        CHANGE = "change", _("changed")
+        DELETE = "delete", _("deleted")
+        ADJUST_POINTS = "adjust_points", _("points adjusted")
+        ENROLL = "enroll", _("customer enrolled")
+        CANCEL_REDEMPTION = "cancel_redemption", _("voucher cancelled")
+        MARK_USED = "mark_used", _("voucher marked used")
+        RESEND_CONFIRMATION = "resend_confirmation", _("confirmation email resent")
+        LAUNCH = "launch", _("campaign launched")
+        PAUSE = "pause", _("campaign paused")
+        CREATE_TOKEN = "create_token", _("API token created")
+        REVOKE_TOKEN = "revoke_token", _("API token revoked")
+        ROLES = "roles", _("roles or permissions changed")
+
+    at = models.DateTimeField(_("at"), default=timezone.now, db_index=True)
+    user = models.ForeignKey(
+        User,
+        verbose_name=_("staff member"),
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+    )
+    username = models.CharField(_("username"), max_length=150, blank=True)
+    action = models.CharField(_("action"), max_length=32, choices=Action.choices, db_index=True)
+    content_type = models.ForeignKey(
+        ContentType,
+        verbose_name=_("object type"),
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+    )
+    object_id = models.CharField(_("object id"), max_length=64, blank=True)
+    object_repr = models.CharField(_("object"), max_length=200, blank=True)
+    summary = models.TextField(_("summary"), blank=True)
+    before = models.JSONField(_("before"), null=True, blank=True, encoder=DjangoJSONEncoder)
+    after = models.JSONField(_("after"), null=True, blank=True, encoder=DjangoJSONEncoder)
+
+    class Meta:
+        verbose_name = _("audit entry")
+        verbose_name_plural = _("audit log")
+        ordering = ["-at", "-pk"]
+        indexes = [models.Index(fields=["content_type", "object_id"], name="auditentry_object_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M} {self.username}: {self.get_action_display()} {self.object_repr}"

@@ -21,9 +21,14 @@ def _database_ok() -> tuple[bool, str]:
     return True, "ok"
 
 
+# A broker that hangs (a dropped network) must not hang the probe, and with it a web worker
+# per probe: the probe's connection gives up after this many seconds.
+BROKER_PROBE_TIMEOUTS = {"socket_timeout": 2, "socket_connect_timeout": 2}
+
+
 def _broker_ok() -> tuple[bool, str]:
     try:
-        with celery_app.connection_for_write() as conn:
+        with celery_app.connection_for_write(transport_options=BROKER_PROBE_TIMEOUTS) as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, timeout=2)
     except Exception as exc:  # kombu raises transport-specific errors
         return False, exc.__class__.__name__

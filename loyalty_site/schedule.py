@@ -21,4 +21,16 @@ BEAT_SCHEDULE = {
         "schedule": crontab(hour=6, minute=0),
     },
     "ledger-check-daily": {"task": "rewards.ledger_check", "schedule": crontab(hour=3, minute=30)},
+    # Campaigns: a short dispatcher hands due messages to workers; the sweeper returns rows
+    # a dead worker left in "sending".
+    "campaigns-dispatch": {"task": "campaigns.dispatch", "schedule": 30.0, "options": {"expires": 25}},
+    "campaigns-sweep": {"task": "campaigns.deliveries_sweep", "schedule": 300.0, "options": {"expires": 250}},
+    # Analytics: the full refresh as of yesterday after the nightly ledger jobs; the
+    # incremental update (rollup, scores of customers who bought) every 15 minutes by day.
+    "analytics-refresh-nightly": {"task": "analytics.refresh", "schedule": crontab(hour=2, minute=15)},
+    "analytics-update": {
+        "task": "analytics.update",
+        "schedule": crontab(minute="*/15", hour="7-23"),
+        "options": {"expires": 600},
+    },
 }

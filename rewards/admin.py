@@ -2,6 +2,8 @@
 
 Every write that moves points goes through `services` (adjustments, cancellations,
 voucher use, integration tokens); what the ledger recorded is shown, never edited.
+The custom actions check their own permissions (accounts/roles.py) and, with every change
+of rules, tiers, rewards and tokens, are written to the audit log (accounts/audit.py).
 The Customer admin lives here rather than in accounts because it shows balances and
 tiers, and accounts must not import rewards.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 from django.contrib import admin, messages
 from django.contrib.admin.utils import quote
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.db.models import Count
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect
@@ -18,10 +21,12 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
-from django.utils.http import urlencode
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
+from accounts import roles
+from accounts.audit import Action, AuditedAdminMixin, audit_record, snapshot
 from accounts.models import Customer
 
 from . import rules, selectors, services
@@ -78,7 +83,7 @@ def _change_link(obj, label=None) -> str:
 
 
 @admin.register(ProgramRules)
-class ProgramRulesAdmin(admin.ModelAdmin):
+class ProgramRulesAdmin(AuditedAdminMixin, admin.ModelAdmin):
     """A single row: the list goes straight to it, and it can be neither added twice nor deleted."""
 
     fieldsets = [
@@ -119,7 +124,7 @@ class ProgramRulesAdmin(admin.ModelAdmin):
 
 
 @admin.register(CategoryMultiplier)
-class CategoryMultiplierAdmin(admin.ModelAdmin):
+class CategoryMultiplierAdmin(AuditedAdminMixin, admin.ModelAdmin):
     list_display = ["category", "multiplier", "is_active"]
     list_editable = ["multiplier", "is_active"]
     list_filter = ["is_active"]
@@ -127,7 +132,7 @@ class CategoryMultiplierAdmin(admin.ModelAdmin):
 
 
 @admin.register(Tier)
-class TierAdmin(admin.ModelAdmin):
+class TierAdmin(AuditedAdminMixin, admin.ModelAdmin):
     form = TierAdminForm
     list_display = ["name", "code", "min_qualifying_spend", "multiplier", "translated_names", "member_count"]
     prepopulated_fields = {"code": ["name"]}
@@ -158,7 +163,7 @@ class TierAdmin(admin.ModelAdmin):
 
 
 @admin.register(Promotion)
-class PromotionAdmin(admin.ModelAdmin):
+class PromotionAdmin(AuditedAdminMixin, admin.ModelAdmin):
     list_display = ["name", "multiplier", "starts_at", "ends_at", "audience", "is_active", "source"]
     list_filter = ["is_active", "starts_at"]
     search_fields = ["name", "source"]
@@ -178,7 +183,7 @@ class PromotionAdmin(admin.ModelAdmin):
 
 
 @admin.register(EventRule)
-class EventRuleAdmin(admin.ModelAdmin):
+class EventRuleAdmin(AuditedAdminMixin, admin.ModelAdmin):
     list_display = ["event_type", "name", "points", "cap_count", "cap_period", "is_active"]
     list_filter = ["is_active", "cap_period"]
     search_fields = ["event_type", "name"]
@@ -199,7 +204,7 @@ def _image_tag(reward: Reward, height: int) -> str:
 
 
 @admin.register(Reward)
-class RewardAdmin(admin.ModelAdmin):
+class RewardAdmin(AuditedAdminMixin, admin.ModelAdmin):
     form = RewardAdminForm
     list_display = ["thumbnail", "name", "cost_points", "min_tier", "stock", "validity_days", "is_active"]
     list_display_links = ["thumbnail", "name"]
@@ -288,21 +293,35 @@ class RedemptionAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
-    def has_manage_vouchers_permission(self, request):
-        # Django's "change redemption" permission stands for "may cancel or use vouchers".
-        return request.user.has_perm(f"{self.opts.app_label}.change_{self.opts.model_name}")
+    def has_cancel_permission(self, request):
+        return request.user.has_perm(roles.CANCEL_REDEMPTION)
 
-    @admin.action(
-        description=_("Cancel selected vouchers (points returned)"), permissions=["manage_vouchers"]
-    )
+    def has_mark_used_permission(self, request):
+        return request.user.has_perm(roles.MARK_REDEMPTION_USED)
+
+    @admin.action(description=_("Cancel selected vouchers (points returned)"), permissions=["cancel"])
     def cancel_vouchers(self, request, queryset):
+        # The admin offers the action only with the permission; a forged POST meets this.
+        if not self.has_cancel_permission(request):
+            raise PermissionDenied
         done = 0
         for redemption in queryset.order_by("pk"):
             try:
-                services.redemption_cancel(
-                    redemption_id=redemption.pk,
-                    reason=gettext("Cancelled by staff (%(user)s)") % {"user": request.user.get_username()},
-                )
+                with transaction.atomic():
+                    before = snapshot(redemption)
+                    cancelled = services.redemption_cancel(
+                        redemption_id=redemption.pk,
+                        reason=gettext("Cancelled by staff (%(user)s)")
+                        % {"user": request.user.get_username()},
+                    )
+                    if before["state"] != cancelled.state:
+                        audit_record(
+                            user=request.user,
+                            action=Action.CANCEL_REDEMPTION,
+                            obj=cancelled,
+                            before=before,
+                            after=snapshot(cancelled),
+                        )
             except DomainError as error:
                 self.message_user(request, f"{redemption.voucher_code}: {error.message}", messages.ERROR)
             else:
@@ -319,12 +338,23 @@ class RedemptionAdmin(admin.ModelAdmin):
                 messages.SUCCESS,
             )
 
-    @admin.action(description=_("Mark used"), permissions=["manage_vouchers"])
+    @admin.action(description=_("Mark used"), permissions=["mark_used"])
     def mark_used(self, request, queryset):
+        if not self.has_mark_used_permission(request):
+            raise PermissionDenied
         done = 0
         for redemption in queryset.order_by("pk"):
             try:
-                services.voucher_use(code=redemption.voucher_code)
+                with transaction.atomic():
+                    before = snapshot(redemption)
+                    used = services.voucher_use(code=redemption.voucher_code)
+                    audit_record(
+                        user=request.user,
+                        action=Action.MARK_USED,
+                        obj=used,
+                        before=before,
+                        after=snapshot(used),
+                    )
             except DomainError as error:
                 self.message_user(request, f"{redemption.voucher_code}: {error.message}", messages.ERROR)
             else:
@@ -342,7 +372,7 @@ class RedemptionAdmin(admin.ModelAdmin):
 
 
 @admin.register(Integration)
-class IntegrationAdmin(admin.ModelAdmin):
+class IntegrationAdmin(AuditedAdminMixin, admin.ModelAdmin):
     """Tokens are made by `services.integration_token_create` and shown once, in a message;
     only their hash is kept."""
 
@@ -362,6 +392,17 @@ class IntegrationAdmin(admin.ModelAdmin):
     @admin.display(description=_("token starts with"))
     def token_prefix_display(self, integration):
         return f"{integration.token_prefix}…" if integration.token_prefix else gettext("(no token)")
+
+    def has_add_permission(self, request):
+        # Adding an integration creates its token.
+        return super().has_add_permission(request) and self.has_issue_token_permission(request)
+
+    def audit_action(self, request, obj, before, after):
+        if before is None:
+            return Action.CREATE_TOKEN if obj.token_prefix else Action.CREATE
+        if before.get("is_active") and not after.get("is_active"):
+            return Action.REVOKE_TOKEN
+        return Action.CHANGE
 
     def save_model(self, request, obj, form, change):
         if change or obj.name == services.IMPORT_INTEGRATION_NAME:
@@ -388,15 +429,26 @@ class IntegrationAdmin(admin.ModelAdmin):
         )
 
     def has_issue_token_permission(self, request):
-        return request.user.has_perm(f"{self.opts.app_label}.change_{self.opts.model_name}")
+        return request.user.has_perm(roles.CREATE_INTEGRATION_TOKEN)
 
     @admin.action(
         description=_("Issue a new token (the current one stops working)"), permissions=["issue_token"]
     )
     def issue_new_token(self, request, queryset):
+        if not self.has_issue_token_permission(request):
+            raise PermissionDenied
         for integration in queryset.order_by("name"):
             try:
-                integration, token = services.integration_token_create(name=integration.name)
+                with transaction.atomic():
+                    before = snapshot(integration)
+                    integration, token = services.integration_token_create(name=integration.name)
+                    audit_record(
+                        user=request.user,
+                        action=Action.CREATE_TOKEN,
+                        obj=integration,
+                        before=before,
+                        after=snapshot(integration),
+                    )
             except DomainError as exc:
                 messages.error(request, f"{integration.name}: {exc.message}")
                 continue
@@ -572,7 +624,7 @@ if admin.site.is_registered(Customer):
 
 
 @admin.register(Customer)
-class CustomerAdmin(admin.ModelAdmin):
+class CustomerAdmin(AuditedAdminMixin, admin.ModelAdmin):
     list_display = [
         "display_name",
         "external_ref",
@@ -585,12 +637,20 @@ class CustomerAdmin(admin.ModelAdmin):
     ]
     list_display_links = ["display_name", "external_ref"]
     list_filter = [MemberFilter, "points_account__tier", "language", "marketing_consent"]
-    search_fields = ["^external_ref", "email", "first_name", "last_name", "=referral_code"]
+    # Support finds a customer by email, customer number, voucher code or name.
+    search_fields = [
+        "^external_ref",
+        "email",
+        "first_name",
+        "last_name",
+        "=referral_code",
+        "=redemptions__voucher_code",
+    ]
     list_select_related = ["points_account__tier"]
     autocomplete_fields = ["referred_by", "user"]
     date_hierarchy = "enrolled_at"
     inlines = [PointsAccountInline]
-    actions = ["enroll"]
+    actions = ["enroll", "resend_confirmation"]
     change_form_template = "admin/rewards/customer/change_form.html"
     change_list_template = "admin/rewards/customer/change_list.html"
     readonly_fields = [
@@ -602,6 +662,7 @@ class CustomerAdmin(admin.ModelAdmin):
         "tier",
         "points_expiring_soon",
         "recent_ledger",
+        "customer_360_link",
     ]
     fieldsets = [
         (
@@ -642,6 +703,28 @@ class CustomerAdmin(admin.ModelAdmin):
             return customer.points_account
         except PointsAccount.DoesNotExist:
             return None
+
+    # The customer 360 page (loyalty_site/staff.py): offered to those who may open it.
+    @admin.display(description=_("360"))
+    def customer_360_link(self, customer):
+        return format_html(
+            '<a href="{}">{}</a>', reverse("staff-customer-360", args=[customer.pk]), gettext("Customer 360")
+        )
+
+    def _may_open_360(self, request) -> bool:
+        # As loyalty_site.staff.CUSTOMER_360_PERMISSIONS (rewards does not import the wiring).
+        return request.user.has_perms(("accounts.view_customer", "rewards.view_ledgerentry"))
+
+    def get_list_display(self, request):
+        columns = super().get_list_display(request)
+        return [*columns, "customer_360_link"] if self._may_open_360(request) else columns
+
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None or not self._may_open_360(request):
+            return fieldsets
+        first_name, first = fieldsets[0]
+        return [(first_name, {**first, "fields": ["customer_360_link", *first["fields"]]}), *fieldsets[1:]]
 
     @admin.display(description=_("member"), boolean=True, ordering="enrolled_at")
     def is_member_display(self, customer):
@@ -710,7 +793,17 @@ class CustomerAdmin(admin.ModelAdmin):
     def enroll(self, request, queryset):
         enrolled = 0
         for customer in queryset.filter(enrolled_at__isnull=True).order_by("pk"):
-            _customer, created = services.customer_enroll(customer=customer)
+            with transaction.atomic():
+                before = snapshot(customer)
+                customer, created = services.customer_enroll(customer=customer)
+                if created:
+                    audit_record(
+                        user=request.user,
+                        action=Action.ENROLL,
+                        obj=customer,
+                        before=before,
+                        after=snapshot(customer),
+                    )
             enrolled += created
         self.message_user(
             request,
@@ -718,6 +811,56 @@ class CustomerAdmin(admin.ModelAdmin):
             % {"count": enrolled},
             messages.SUCCESS,
         )
+
+    def has_resend_confirmation_permission(self, request):
+        return request.user.has_perm(roles.RESEND_CONFIRMATION)
+
+    @admin.action(
+        description=_("Resend the email confirmation to the selected customers"),
+        permissions=["resend_confirmation"],
+    )
+    def resend_confirmation(self, request, queryset):
+        """A new confirmation link for members whose portal login has an unconfirmed address."""
+        from accounts.services import confirmation_email_send, confirmation_token_make
+
+        if not self.has_resend_confirmation_permission(request):
+            raise PermissionDenied
+        sent = 0
+        waiting = queryset.filter(
+            user__isnull=False, user__email_confirmed_at__isnull=True, user__is_active=True
+        ).exclude(user__email="")
+        for customer in waiting.select_related("user").order_by("pk"):
+            token = confirmation_token_make(user=customer.user)
+            confirmation_email_send(
+                request=request, user=customer.user, token=token, language=customer.language
+            )
+            audit_record(
+                user=request.user,
+                action=Action.RESEND_CONFIRMATION,
+                obj=customer,
+                summary=gettext("Confirmation link sent to %(email)s for %(customer)s")
+                % {"email": customer.user.email, "customer": customer},
+            )
+            sent += 1
+        skipped = queryset.count() - sent
+        if sent:
+            self.message_user(
+                request,
+                ngettext("%(count)d confirmation link sent.", "%(count)d confirmation links sent.", sent)
+                % {"count": sent},
+                messages.SUCCESS,
+            )
+        if skipped:
+            self.message_user(
+                request,
+                ngettext(
+                    "%(count)d customer skipped: no portal login waiting for confirmation.",
+                    "%(count)d customers skipped: no portal login waiting for confirmation.",
+                    skipped,
+                )
+                % {"count": skipped},
+                messages.WARNING,
+            )
 
     # --- Object tools: adjust points, preview earnings -----------------------------------
 
@@ -738,8 +881,7 @@ class CustomerAdmin(admin.ModelAdmin):
         ]
 
     def has_adjust_points_permission(self, request) -> bool:
-        # An adjustment is a new ledger entry: Django's "add ledger entry" permission grants it.
-        return request.user.has_perm("rewards.add_ledgerentry")
+        return request.user.has_perm(roles.ADJUST_POINTS)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         extra_context = {
@@ -755,18 +897,56 @@ class CustomerAdmin(admin.ModelAdmin):
             raise PermissionDenied
         customer = get_object_or_404(Customer, pk=object_id)
         change_url = reverse("admin:accounts_customer_change", args=[quote(customer.pk)])
+        # Back where the staff member came from (the customer 360 page), if it is this site.
+        next_url = request.GET.get("next", "")
+        done_url = (
+            next_url
+            if url_has_allowed_host_and_scheme(
+                next_url, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+            )
+            else change_url
+        )
         form = PointsAdjustForm(request.POST or None)
+        limit = roles.adjust_limit_for(request.user)
+        if limit is not None:
+            limit_text = gettext("Your role may adjust at most %(limit)d points at once.") % {"limit": limit}
+            form.fields["points"].help_text = f"{form.fields['points'].help_text} {limit_text}"
+            if request.method == "POST" and form.is_valid() and abs(form.cleaned_data["points"]) > limit:
+                form.add_error(
+                    "points",
+                    gettext(
+                        "Your role may adjust at most %(limit)d points at once; ask a program admin "
+                        "for a larger correction."
+                    )
+                    % {"limit": limit},
+                )
         if request.method == "POST" and form.is_valid():
             key = f"admin:{customer.pk}:{form.cleaned_data['idempotency_key']}"
             already = LedgerEntry.objects.filter(idempotency_key=f"adjust:{key}").exists()
             try:
-                entry = services.points_adjust(
-                    customer=customer,
-                    points=form.cleaned_data["points"],
-                    reason=form.cleaned_data["reason"],
-                    staff_user=request.user,
-                    idempotency_key=key,
-                )
+                with transaction.atomic():
+                    entry = services.points_adjust(
+                        customer=customer,
+                        points=form.cleaned_data["points"],
+                        reason=form.cleaned_data["reason"],
+                        staff_user=request.user,
+                        idempotency_key=key,
+                    )
+                    if not already:
+                        audit_record(
+                            user=request.user,
+                            action=Action.ADJUST_POINTS,
+                            obj=customer,
+                            before={"balance": entry.balance_after - entry.points},
+                            after={
+                                "balance": entry.balance_after,
+                                "points": entry.points,
+                                "reason": entry.reason,
+                                "ledger_entry": entry.pk,
+                            },
+                            summary=gettext("%(points)+d points for %(customer)s (%(reason)s)")
+                            % {"points": entry.points, "customer": customer, "reason": entry.reason},
+                        )
             except DomainError as error:
                 fields = [name for name in error.fields if name in form.fields] or [None]
                 for name in fields:
@@ -789,7 +969,7 @@ class CustomerAdmin(admin.ModelAdmin):
                         },
                         messages.SUCCESS,
                     )
-                return HttpResponseRedirect(change_url)
+                return HttpResponseRedirect(done_url)
         account = self._account(customer)
         context = {
             **self.admin_site.each_context(request),
@@ -801,6 +981,7 @@ class CustomerAdmin(admin.ModelAdmin):
             "form": form,
             "change_url": change_url,
             "has_view_permission": self.has_view_permission(request, customer),
+            "adjust_limit": limit,
         }
         return TemplateResponse(request, "admin/rewards/customer/adjust_points.html", context)
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from decimal import Decimal, InvalidOperation
+import re
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
@@ -16,12 +17,14 @@ from drf_spectacular.utils import (
     extend_schema_field,
     inline_serializer,
 )
-from rest_framework import serializers
+from rest_framework import exceptions, parsers, serializers
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
+from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
 from accounts.models import Customer
+from accounts.security import Limit, rate_limit_hit
 
 from . import rules, selectors, services
 from .errors import DomainError, NotFound
@@ -30,24 +33,33 @@ from .models import LedgerEntry, PointsAccount, Redemption
 MAX_AMOUNT = Decimal("10000000")  # 10 million in the program currency: anything above is a mistake
 OLDEST_DATE = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 FUTURE_TOLERANCE = dt.timedelta(days=1)
+PREVIEW_AHEAD = dt.timedelta(days=366)
 LANGUAGE_CODES = [code for code, _ in settings.LANGUAGES]
 
 
 # --- Fields and shared serializers ----------------------------------------------------
 
 
-@extend_schema_field(
-    {"type": "string", "format": "decimal", "pattern": r"^\d{1,7}(\.\d{1,2})?$", "example": "129.95"}
-)
-class DecimalStringField(serializers.Field):
-    """A money amount as a decimal string ("129.95"): positive, finite, at most 2 decimals."""
+AMOUNT_PATTERN = r"^\d{1,8}(\.\d{1,2})?$"
+QUANTITY_PATTERN = r"^\d{1,7}(\.\d{1,3})?$"
 
+
+@extend_schema_field({"type": "string", "format": "decimal", "pattern": AMOUNT_PATTERN, "example": "129.95"})
+class DecimalStringField(serializers.Field):
+    """A money amount as a plain decimal string ("129.95"): ASCII digits, at most 2 decimals, at
+    most MAX_AMOUNT. No sign, exponent, spaces, "NaN" or "Infinity" (Decimal() would take them
+    all): what a till sends is exactly what is booked, and anything else is a 400 that says why."""
+
+    syntax = re.compile(r"^(-?)(\d+)(\.\d+)?$", re.ASCII)
+    maximum = MAX_AMOUNT
+    places = 2
     default_error_messages = {
         "not_string": 'Send amounts as decimal strings, e.g. "129.95".',
-        "invalid": "Not a decimal number.",
+        "invalid": 'Not a plain decimal number: digits, then "." and at most 2 decimals, e.g. "129.95".',
         "not_positive": "Must be greater than 0.",
-        "decimals": "At most 2 decimal places.",
-        "too_large": f"Must be at most {MAX_AMOUNT}.",
+        "negative": "Must be 0 or more.",
+        "decimals": "At most {places} decimal places.",
+        "too_large": "Must be at most {maximum}.",
     }
 
     def __init__(self, *, allow_zero: bool = False, **kwargs):
@@ -57,43 +69,174 @@ class DecimalStringField(serializers.Field):
     def to_internal_value(self, data):
         if not isinstance(data, str):
             self.fail("not_string")
-        try:
-            value = Decimal(data.strip())
-        except (InvalidOperation, ValueError):
+        match = self.syntax.match(data)
+        if match is None:
             self.fail("invalid")
-        if not value.is_finite():
-            self.fail("invalid")
-        if value < 0 or (value == 0 and not self.allow_zero):
+        sign, whole, fraction = match.groups()
+        if sign:
+            self.fail("negative" if self.allow_zero else "not_positive")
+        if fraction and len(fraction) - 1 > self.places:
+            self.fail("decimals", places=self.places)
+        if len(whole.lstrip("0")) > len(str(int(self.maximum))):
+            self.fail("too_large", maximum=self.maximum)
+        value = Decimal(data)
+        if value > self.maximum:
+            self.fail("too_large", maximum=self.maximum)
+        if value == 0 and not self.allow_zero:
             self.fail("not_positive")
-        if value.as_tuple().exponent < -2:
-            self.fail("decimals")
-        if value > MAX_AMOUNT:
-            self.fail("too_large")
-        return value.quantize(Decimal("0.01"))
+        return value.quantize(Decimal(1).scaleb(-self.places))
 
     def to_representation(self, value):
         return str(value)
 
 
-def _check_time(value: dt.datetime | None) -> dt.datetime | None:
+@extend_schema_field({"type": "string", "format": "decimal", "pattern": QUANTITY_PATTERN, "example": "1"})
+class QuantityField(DecimalStringField):
+    """A line's quantity as a decimal string ("1", "0.250"): at most 3 decimals, at most 1,000,000."""
+
+    maximum = Decimal("1000000")
+    places = 3
+    default_error_messages = {
+        "not_string": 'Send quantities as decimal strings, e.g. "1" or "0.250".',
+        "invalid": 'Not a plain decimal number: digits, then "." and at most 3 decimals, e.g. "0.250".',
+    }
+
+
+# DRF's fields are lenient: a CharField takes 42 as "42", a BooleanField takes 0, "yes" and
+# "on", an IntegerField takes "7" and 7.0. The schema promises types; these fields keep it, so
+# a client with a type bug hears about it instead of having a guess booked.
+class StrictStringMixin:
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictCharField(StrictStringMixin, serializers.CharField):
+    default_error_messages = {"invalid": "Must be a string."}
+
+
+class StrictSlugField(StrictStringMixin, serializers.SlugField):
+    pass
+
+
+class StrictEmailField(StrictStringMixin, serializers.EmailField):
+    pass
+
+
+class StrictBooleanField(serializers.BooleanField):
+    default_error_messages = {"invalid": "Must be true or false."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            self.fail("invalid")
+        return data
+
+
+class StrictIntegerField(serializers.IntegerField):
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+UNSTORABLE_TEXT = "Contains a NUL character or an unpaired surrogate, which cannot be stored."
+
+
+def storable_text(value: str) -> bool:
+    """PostgreSQL refuses NUL in text and jsonb; UTF-8 cannot encode an unpaired surrogate
+    (JSON's "\\ud800"). Either would reach the database as a 500, so it is refused up front."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def storable_json(value) -> bool:
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, dict):
+        return all(storable_text(str(k)) and storable_json(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(storable_json(v) for v in value)
+    return True
+
+
+class JSONParser(parsers.JSONParser):
+    """DRF's parser, but JSON nested deeper than Python's recursion limit is a 400, not a 500."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise exceptions.ParseError("JSON parse error - nested too deeply.") from None
+
+
+class IntegrationRateThrottle(BaseThrottle):
+    """At most settings.API_RATE_LIMIT_PER_MINUTE requests per token in a minute (0: no limit),
+    so one integration stuck in a retry loop cannot starve the others; past it, 429 with
+    Retry-After. Counted in the cache; when Redis does not answer the request is let through
+    (accounts.security.rate_limit_hit fails open), never refused or turned into a 500."""
+
+    def allow_request(self, request, view):
+        per_minute = settings.API_RATE_LIMIT_PER_MINUTE
+        integration = request.auth
+        self.wait_seconds = None
+        if not per_minute or integration is None:
+            return True
+        self.wait_seconds = rate_limit_hit(Limit("api:token", per_minute, 60), str(integration.pk))
+        return self.wait_seconds is None
+
+    def wait(self):
+        return self.wait_seconds
+
+
+class LoyaltyAPIView(APIView):
+    """Base of every /api/v1/ view."""
+
+    parser_classes = [JSONParser]
+    throttle_classes = [IntegrationRateThrottle]
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)  # authentication, permissions, throttles first
+        bad = {
+            name: [UNSTORABLE_TEXT]
+            for name, value in kwargs.items()
+            if isinstance(value, str) and not storable_text(value)
+        }
+        if bad:
+            raise serializers.ValidationError(bad)
+
+
+def _check_time(value: dt.datetime | None, *, ahead: dt.timedelta = FUTURE_TOLERANCE) -> dt.datetime | None:
     if value is None:
         return None
-    if value > timezone.now() + FUTURE_TOLERANCE:
-        raise serializers.ValidationError("Must not be in the future.")
+    if value > timezone.now() + ahead:
+        raise serializers.ValidationError(
+            "Must not be in the future." if ahead == FUTURE_TOLERANCE else "Must be less than a year ahead."
+        )
     if value < OLDEST_DATE:
         raise serializers.ValidationError("Must be after 2000-01-01.")
     return value
 
 
+class ErrorDetailSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+    fields = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
+
+    class Meta:
+        ref_name = "ErrorDetail"
+
+
 class ErrorSerializer(serializers.Serializer):
-    error = inline_serializer(
-        "ErrorDetail",
-        fields={
-            "code": serializers.CharField(),
-            "message": serializers.CharField(),
-            "fields": serializers.DictField(child=serializers.ListField(child=serializers.CharField())),
-        },
-    )
+    error = ErrorDetailSerializer()
+
+    class Meta:
+        ref_name = "Error"
 
 
 def errors(*statuses: int) -> dict:
@@ -103,9 +246,29 @@ def errors(*statuses: int) -> dict:
         403: "Not allowed",
         404: "Not found",
         409: "Conflict with an earlier request or the object's state",
-        422: "Refused by a business rule",
+        422: "Refused by a business rule, or a query parameter out of range",
+        429: "Too many requests for this token: wait for Retry-After seconds",
+        503: "The database is unavailable: retry after Retry-After seconds (safe with the same ids)",
     }
+    # Every operation may be rate limited or meet a database outage.
+    statuses = (*statuses, 429, 503)
     return {s: OpenApiResponse(ErrorSerializer, description=meaning[s]) for s in statuses}
+
+
+CUSTOMER_REF = OpenApiParameter(
+    "external_ref",
+    str,
+    OpenApiParameter.PATH,
+    description="The customer's reference in your systems.",
+    examples=[OpenApiExample("A member", value="C000042")],
+)
+PURCHASE_ID = OpenApiParameter(
+    "external_id",
+    str,
+    OpenApiParameter.PATH,
+    description="The purchase's external_id as recorded.",
+    examples=[OpenApiExample("A recorded purchase", value="POS1-2026-000123")],
+)
 
 
 def _customer(external_ref: str) -> Customer:
@@ -119,22 +282,20 @@ def _customer(external_ref: str) -> Customer:
 
 
 class ItemIn(serializers.Serializer):
-    sku = serializers.CharField(max_length=64, required=False, allow_blank=True)
-    category = serializers.CharField(max_length=64, required=False, allow_blank=True)
-    quantity = serializers.DecimalField(
-        max_digits=10, decimal_places=3, required=False, min_value=Decimal("0"), max_value=Decimal("1000000")
-    )
+    sku = StrictCharField(max_length=64, required=False, allow_blank=True)
+    category = StrictCharField(max_length=64, required=False, allow_blank=True)
+    quantity = QuantityField(allow_zero=True, required=False)
     amount = DecimalStringField(allow_zero=True)
 
 
 class PurchaseIn(serializers.Serializer):
-    external_id = serializers.CharField(max_length=100)
-    customer = serializers.CharField(max_length=64, help_text="The customer's external_ref.")
+    external_id = StrictCharField(max_length=100)
+    customer = StrictCharField(max_length=64, help_text="The customer's external_ref.")
     amount = DecimalStringField()
-    currency = serializers.CharField(min_length=3, max_length=3)
+    currency = StrictCharField(min_length=3, max_length=3)
     occurred_at = serializers.DateTimeField()
     items = ItemIn(many=True, required=False, max_length=500)
-    enroll = serializers.BooleanField(required=False, default=False)
+    enroll = StrictBooleanField(required=False, default=False)
 
     def validate_occurred_at(self, value):
         return _check_time(value)
@@ -196,7 +357,7 @@ PURCHASE_EXAMPLE = OpenApiExample(
 )
 
 
-class PurchaseCreateView(APIView):
+class PurchaseCreateView(LoyaltyAPIView):
     @extend_schema(
         operation_id="purchase_record",
         summary="Record a purchase",
@@ -220,7 +381,7 @@ class PurchaseBatchIn(serializers.Serializer):
     purchases = serializers.ListField(child=serializers.DictField(), min_length=1, max_length=1000)
 
 
-class PurchaseBatchView(APIView):
+class PurchaseBatchView(LoyaltyAPIView):
     @extend_schema(
         operation_id="purchase_record_batch",
         summary="Record up to 1,000 purchases",
@@ -239,7 +400,7 @@ class PurchaseBatchView(APIView):
                                 "index": serializers.IntegerField(),
                                 "status": serializers.IntegerField(),
                                 "result": PurchaseOut(required=False),
-                                "error": ErrorSerializer(required=False),
+                                "error": ErrorDetailSerializer(required=False),
                             },
                         )
                     )
@@ -284,7 +445,7 @@ class PurchaseBatchView(APIView):
 
 
 class RefundIn(serializers.Serializer):
-    refund_id = serializers.CharField(max_length=100)
+    refund_id = StrictCharField(max_length=100)
     amount = DecimalStringField()
     occurred_at = serializers.DateTimeField(required=False)
 
@@ -301,9 +462,10 @@ class RefundOut(serializers.Serializer):
     balance = serializers.IntegerField(allow_null=True)
 
 
-class RefundCreateView(APIView):
+class RefundCreateView(LoyaltyAPIView):
     @extend_schema(
         operation_id="purchase_refund",
+        parameters=[PURCHASE_ID],
         summary="Refund part or all of a purchase",
         description=(
             "Claws back the purchase's points in proportion to the refunded amount, even if they were spent "
@@ -406,24 +568,25 @@ def customer_out(customer: Customer) -> dict:
     return body
 
 
-class CustomerDetailView(APIView):
+class CustomerDetailView(LoyaltyAPIView):
     @extend_schema(
         operation_id="customer_get",
+        parameters=[CUSTOMER_REF],
         summary="A customer's balance, tier and progress",
-        responses={200: CustomerOut, **errors(401, 404)},
+        responses={200: CustomerOut, **errors(400, 401, 404)},
     )
     def get(self, request, external_ref: str):
         return Response(CustomerOut(customer_out(_customer(external_ref))).data)
 
 
 class EnrollIn(serializers.Serializer):
-    email = serializers.EmailField(required=False, allow_blank=True)
-    first_name = serializers.CharField(max_length=150, required=False, allow_blank=True)
-    last_name = serializers.CharField(max_length=150, required=False, allow_blank=True)
+    email = StrictEmailField(required=False, allow_blank=True)
+    first_name = StrictCharField(max_length=150, required=False, allow_blank=True)
+    last_name = StrictCharField(max_length=150, required=False, allow_blank=True)
     birthday = serializers.DateField(required=False, allow_null=True)
     language = serializers.ChoiceField(choices=LANGUAGE_CODES, required=False)
-    marketing_consent = serializers.BooleanField(required=False)
-    referral_code = serializers.CharField(max_length=16, required=False, allow_blank=True)
+    marketing_consent = StrictBooleanField(required=False)
+    referral_code = StrictCharField(max_length=16, required=False, allow_blank=True)
 
     def validate_birthday(self, value):
         if value and (value > timezone.localdate() or value.year < 1900):
@@ -431,9 +594,10 @@ class EnrollIn(serializers.Serializer):
         return value
 
 
-class CustomerEnrollView(APIView):
+class CustomerEnrollView(LoyaltyAPIView):
     @extend_schema(
         operation_id="customer_enroll",
+        parameters=[CUSTOMER_REF],
         summary="Enroll a customer in the program (creating them if unknown)",
         description=(
             "Gives the signup bonus once. Enrolling an existing member changes nothing and answers 200."
@@ -483,17 +647,42 @@ class LedgerPagination(PageNumberPagination):
     page_size_query_param = "page_size"
     max_page_size = 200
 
+    def get_page_size(self, request):
+        """DRF silently falls back to the default for a bad page_size; say so instead."""
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            return self.page_size
+        if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= self.max_page_size):
+            raise DomainError(
+                f"page_size must be a whole number from 1 to {self.max_page_size}.",
+                code="invalid",
+                fields={"page_size": ["invalid"]},
+            )
+        return int(raw)
 
-class CustomerLedgerView(APIView):
+
+class CustomerLedgerView(LoyaltyAPIView):
     @extend_schema(
         operation_id="customer_ledger",
         summary="A member's ledger, newest first, with explanations",
         parameters=[
+            CUSTOMER_REF,
             OpenApiParameter("kind", str, enum=[k for k, _ in LedgerEntry.Kind.choices], required=False),
-            OpenApiParameter("page", int, required=False),
-            OpenApiParameter("page_size", int, required=False, description="At most 200."),
+            OpenApiParameter("page", int, required=False, description="From 1; a page past the end is 404."),
+            OpenApiParameter("page_size", int, required=False, description="From 1 to 200 (default 50)."),
         ],
-        responses={200: LedgerEntryOut(many=True), **errors(400, 401, 404)},
+        responses={
+            200: inline_serializer(
+                "LedgerPage",
+                fields={
+                    "count": serializers.IntegerField(),
+                    "next": serializers.URLField(allow_null=True),
+                    "previous": serializers.URLField(allow_null=True),
+                    "results": LedgerEntryOut(many=True),
+                },
+            ),
+            **errors(400, 401, 404, 422),
+        },
     )
     def get(self, request, external_ref: str):
         customer = _customer(external_ref)
@@ -533,15 +722,21 @@ class RewardOut(serializers.Serializer):
     available_until = serializers.DateTimeField(allow_null=True)
 
 
-class RewardListView(APIView):
+class RewardListView(LoyaltyAPIView):
     @extend_schema(
         operation_id="reward_list",
         summary="Rewards available now",
         parameters=[OpenApiParameter("language", str, enum=LANGUAGE_CODES, required=False)],
-        responses={200: RewardOut(many=True), **errors(401)},
+        responses={200: RewardOut(many=True), **errors(401, 422)},
     )
     def get(self, request):
         language = request.query_params.get("language")
+        if language is not None and language not in LANGUAGE_CODES:
+            raise DomainError(
+                f"Unknown language; one of {', '.join(LANGUAGE_CODES)}.",
+                code="invalid",
+                fields={"language": ["unknown"]},
+            )
         rows = [
             {
                 "id": r.pk,
@@ -559,7 +754,7 @@ class RewardListView(APIView):
 
 
 class RedemptionIn(serializers.Serializer):
-    reward = serializers.IntegerField(min_value=1, max_value=2**62)
+    reward = StrictIntegerField(min_value=1, max_value=2**62)
 
 
 class RedemptionOut(serializers.Serializer):
@@ -590,7 +785,7 @@ def redemption_out(redemption: Redemption) -> dict:
     }
 
 
-class RedemptionCreateView(APIView):
+class RedemptionCreateView(LoyaltyAPIView):
     @extend_schema(
         operation_id="reward_redeem",
         summary="Redeem points for a reward's voucher",
@@ -598,7 +793,10 @@ class RedemptionCreateView(APIView):
             "Never makes the balance negative; refused while the member has points debt. Send an "
             "`Idempotency-Key` header: the same key again returns the same voucher (200)."
         ),
-        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
+        parameters=[
+            CUSTOMER_REF,
+            OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False),
+        ],
         request=RedemptionIn,
         responses={201: RedemptionOut, 200: RedemptionOut, **errors(400, 401, 404, 409, 422)},
     )
@@ -608,6 +806,8 @@ class RedemptionCreateView(APIView):
         key = request.headers.get("Idempotency-Key") or None
         if key and len(key) > 100:
             raise DomainError("The Idempotency-Key is too long (100 characters at most).", code="invalid")
+        if key and not storable_text(key):
+            raise serializers.ValidationError({"Idempotency-Key": [UNSTORABLE_TEXT]})
         result = services.reward_redeem(
             customer=_customer(external_ref),
             reward_id=serializer.validated_data["reward"],
@@ -619,22 +819,22 @@ class RedemptionCreateView(APIView):
         )
 
 
-class VoucherUseView(APIView):
+class VoucherUseView(LoyaltyAPIView):
     @extend_schema(
         operation_id="voucher_use",
         summary="Mark a voucher used at the point of sale",
         request=None,
-        responses={200: RedemptionOut, **errors(401, 404, 409)},
+        responses={200: RedemptionOut, **errors(400, 401, 404, 409)},
     )
     def post(self, request, code: str):
         return Response(RedemptionOut(redemption_out(services.voucher_use(code=code))).data)
 
 
 class CancelIn(serializers.Serializer):
-    reason = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    reason = StrictCharField(max_length=200, required=False, allow_blank=True)
 
 
-class RedemptionCancelView(APIView):
+class RedemptionCancelView(LoyaltyAPIView):
     @extend_schema(
         operation_id="redemption_cancel",
         summary="Cancel an unused voucher and return its points",
@@ -654,9 +854,9 @@ class RedemptionCancelView(APIView):
 
 
 class EventIn(serializers.Serializer):
-    customer = serializers.CharField(max_length=64)
-    type = serializers.SlugField(max_length=64)
-    external_id = serializers.CharField(max_length=100)
+    customer = StrictCharField(max_length=64)
+    type = StrictSlugField(max_length=64)
+    external_id = StrictCharField(max_length=100)
     data = serializers.DictField(required=False, default=dict)
     occurred_at = serializers.DateTimeField(required=False)
 
@@ -668,6 +868,8 @@ class EventIn(serializers.Serializer):
 
         if len(json.dumps(value, default=str)) > 32_000:
             raise serializers.ValidationError("At most 32,000 characters of data.")
+        if not storable_json(value):
+            raise serializers.ValidationError(UNSTORABLE_TEXT)
         return value
 
 
@@ -678,7 +880,7 @@ class EventOut(serializers.Serializer):
     explanation = serializers.ListField(child=serializers.CharField())
 
 
-class EventCreateView(APIView):
+class EventCreateView(LoyaltyAPIView):
     @extend_schema(
         operation_id="event_record",
         summary="Post a custom event (a review, a newsletter signup, an abandoned cart)",
@@ -724,10 +926,14 @@ class EventCreateView(APIView):
 
 
 class PreviewIn(serializers.Serializer):
-    customer = serializers.CharField(max_length=64, required=False)
+    customer = StrictCharField(max_length=64, required=False)
     amount = DecimalStringField()
     items = ItemIn(many=True, required=False, max_length=500)
     occurred_at = serializers.DateTimeField(required=False)
+
+    def validate_occurred_at(self, value):
+        # A preview may look ahead (next month's promotion), not into the far future.
+        return _check_time(value, ahead=PREVIEW_AHEAD)
 
 
 class PreviewOut(serializers.Serializer):
@@ -755,7 +961,7 @@ def earn_preview(
     return rules.purchase_points(amount=amount, lines=lines, ctx=ctx)
 
 
-class PreviewView(APIView):
+class PreviewView(LoyaltyAPIView):
     @extend_schema(
         operation_id="earn_preview",
         summary="What would this basket earn? (writes nothing)",

@@ -1,9 +1,15 @@
 """One error shape for the whole API: {"error": {"code", "message", "fields"}}."""
 
+import logging
+
 from django.core.exceptions import RequestDataTooBig
+from django.db import DatabaseError, InterfaceError, OperationalError, transaction
+from django.db.models import F
 from django.http import JsonResponse
+from django.utils import timezone
 from rest_framework import exceptions, status
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from .errors import DomainError
@@ -27,6 +33,31 @@ DRF_CODES = {
 }
 
 
+logger = logging.getLogger(__name__)
+
+# When PostgreSQL does not answer (down, restarting, a failover, the network between), every
+# request fails fast with 503 and Retry-After instead of a 500: the transaction of the request
+# was rolled back with its connection, so nothing of it is half written, and clients retry.
+# Django drops a broken connection at the end of the request and opens a new one for the next,
+# so service comes back by itself when the database does.
+DATABASE_RETRY_AFTER_SECONDS = 5
+DATABASE_UNAVAILABLE_MESSAGE = (
+    "The service cannot reach its database right now; nothing was recorded unless a retry says so. "
+    f"Retry in {DATABASE_RETRY_AFTER_SECONDS} seconds: a purchase, refund or event sent again with the same "
+    "id, or a redemption with the same Idempotency-Key, is recorded once."
+)
+
+
+def database_unavailable(exc: BaseException | None) -> bool:
+    """A connection-level failure of the database (psycopg's OperationalError and InterfaceError
+    as Django wraps them): refused, reset, closed, server shutting down."""
+    return isinstance(exc, (OperationalError, InterfaceError))
+
+
+def database_unavailable_body() -> dict:
+    return error_body("service_unavailable", DATABASE_UNAVAILABLE_MESSAGE)
+
+
 def error_body(code: str, message: str, fields: dict | None = None) -> dict:
     return {"error": {"code": code, "message": message, "fields": fields or {}}}
 
@@ -38,7 +69,11 @@ def _flatten(detail) -> dict:
     def walk(prefix, value):
         if isinstance(value, dict):
             for key, sub in value.items():
-                walk(f"{prefix}.{key}" if prefix else str(key), sub)
+                # A nested serializer's own error belongs to the field that holds it ("items").
+                if key == api_settings.NON_FIELD_ERRORS_KEY and prefix:
+                    walk(prefix, sub)
+                else:
+                    walk(f"{prefix}.{key}" if prefix else str(key), sub)
         elif isinstance(value, list) and value and not all(isinstance(v, str) for v in value):
             for index, sub in enumerate(value):
                 if sub:
@@ -51,7 +86,64 @@ def _flatten(detail) -> dict:
     return out
 
 
+# Answers that say the integration's call failed: what it sent was wrong or refused, or the
+# server failed. A member's own situation (unknown customer, too few points, a used voucher)
+# is an answer, not a failure of the integration.
+FAILURE_CODES = {
+    "malformed_request",
+    "invalid",
+    "conflict",
+    "payload_too_large",
+    "unsupported_media_type",
+    "not_acceptable",
+    "method_not_allowed",
+    "rate_limited",
+    "server_error",
+}
+
+
+def integration_failure_record(request, *, code: str, message: str) -> None:
+    """Count a failed call against the integration that made it (Integration.failed_calls,
+    last_failure_at, last_failure), for the staff dashboard's alert. One UPDATE; never lets
+    the bookkeeping break the error answer itself."""
+    from .models import Integration
+
+    integration = getattr(request, "_auth", None)  # set once authentication ran; no second try
+    if not isinstance(integration, Integration) or code not in FAILURE_CODES:
+        return
+    if transaction.get_connection().needs_rollback:
+        return
+    try:
+        with transaction.atomic():
+            Integration.objects.filter(pk=integration.pk).update(
+                failed_calls=F("failed_calls") + 1,
+                last_failure_at=timezone.now(),
+                last_failure=f"{code}: {message}"[:200],
+            )
+    except DatabaseError:
+        logger.warning("could not record a failed call of integration %s", integration.pk, exc_info=True)
+
+
 def api_exception_handler(exc, context):
+    response = _api_exception_response(exc, context)
+    if not database_unavailable(exc):
+        request = context.get("request")
+        if response is None:
+            integration_failure_record(request, code="server_error", message=exc.__class__.__name__)
+        elif isinstance(response.data, dict) and "error" in response.data:
+            error = response.data["error"]
+            integration_failure_record(request, code=error["code"], message=error["message"])
+    return response
+
+
+def _api_exception_response(exc, context):
+    if database_unavailable(exc):
+        logger.warning("API answered 503: the database is unavailable (%s)", exc.__class__.__name__)
+        return Response(
+            database_unavailable_body(),
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+        )
     if isinstance(exc, DomainError):
         return Response(error_body(exc.code, exc.message, exc.fields), status=exc.http_status)
     if isinstance(exc, RequestDataTooBig):

@@ -1000,3 +1000,208 @@ def _events_record(rng: random.Random, pos: Integration, members: list[Shopper],
                 occurred_at=when,
             )
     return count
+
+
+# --- Simulated shoppers for the analytics ---------------------------------------------------
+# Thousands of shoppers whose behaviour follows the models the analytics fit, with a known
+# program effect, so the estimates can be checked against the truth. Written in bulk (no
+# points: these purchases go straight to the table), under their own prefix.
+
+SIM_PREFIX = "SIM-"
+# Members buy this much more often after joining (their daily purchase rate × 1.3).
+TRUE_PROGRAM_EFFECT = 0.30
+
+
+@dataclass
+class SimulatedShoppers:
+    """The simulated population and the truth about it (arrays indexed by shopper)."""
+
+    start: dt.date
+    days: int
+    rate: object  # purchase rate per day (λ) without the program
+    arrival: object  # day of first visit (offset from start)
+    death: object  # day the shopper silently leaves (may be after the end)
+    mean_spend: object  # expected spend per purchase day (p / ν)
+    enrolled: object  # day of enrollment (offset), −1 for never
+    purchase_shopper: object  # per purchase day: shopper index
+    purchase_day: object  # per purchase day: day offset
+    purchase_amount: object  # per purchase day: amount
+    effect: float
+    refs: list[str] = field(default_factory=list)
+    customer_ids: list[int] = field(default_factory=list)
+
+    def true_effect(self, shopper: int, *, months: int = 6) -> tuple[float, float]:
+        """Expected extra purchase days and spend per month in the `months` calendar months after
+        the enrollment month, given when the shopper leaves: what a perfect estimate finds."""
+        import numpy as np
+
+        enrolled = int(self.enrolled[shopper])
+        first = _month_after(self.start + dt.timedelta(days=enrolled), 1)
+        end = _month_after(first, months)
+        days = np.arange((first - self.start).days, (end - self.start).days)
+        alive = days < self.death[shopper]
+        rate = float(self.rate[shopper])
+        extra = (np.exp(-rate) - np.exp(-rate * (1 + self.effect))) * alive.sum() / months
+        return float(extra), float(extra * self.mean_spend[shopper])
+
+
+def _month_after(day: dt.date, months: int) -> dt.date:
+    index = day.year * 12 + day.month - 1 + months
+    return dt.date(index // 12, index % 12 + 1, 1)
+
+
+def shoppers_simulate(
+    *,
+    customers: int,
+    months: int,
+    seed: int,
+    effect: float = TRUE_PROGRAM_EFFECT,
+    end: dt.date | None = None,
+) -> SimulatedShoppers:
+    """Draw a population (numpy, one pass per day):
+    - purchase days: each day alive, a purchase with probability 1 − e^(−λ), λ ~ Gamma
+      (the NBD's heterogeneity; mean 0.09 a day, about 2.7 purchase days a month);
+    - leaving: after an exponential lifetime with a Gamma-distributed rate (mean 18 months),
+      in continuous time like Pareto/NBD rather than at purchases like BG/NBD, so that the
+      program's effect does not change how long anyone stays and the truth is known exactly;
+    - spend per purchase day: Gamma(p = 6, ν) with ν ~ Gamma(q = 4, γ = 150) (Gamma-Gamma;
+      mean about 56 DKK a visit);
+    - enrollment with self-selection: the chance to join at all grows with the rate (heavier
+      buyers join more often); a joiner joins at the first visit after a planned day drawn
+      at random (on average six months after the first visit);
+    - the program's effect: from the day after joining, the rate is λ × (1 + effect).
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    end = end or timezone.localdate()
+    total_days = max(int(round(months * 30.44)), 30)
+    start = end - dt.timedelta(days=total_days - 1)
+    n = max(customers, 1)
+    rate = rng.gamma(shape=1.4, scale=0.09 / 1.4, size=n)
+    arrival = rng.integers(0, int(total_days * 0.85), size=n)
+    leave_rate = rng.gamma(shape=2.0, scale=1 / (18 * 30.44) / 2.0, size=n)
+    death = arrival + rng.exponential(1 / leave_rate)
+    nu = rng.gamma(shape=4.0, scale=1 / 150.0, size=n)  # rate parameter of the spend Gamma
+    mean_spend = 6.0 / nu
+    # Heavier buyers join more often: the chance to join at all grows with the rate; those
+    # who will join do so at their first visit after a planned day (about six months in).
+    joins_ever = rng.random(n) < np.minimum(0.95, 0.45 * rate / rate.mean())
+    planned = np.where(joins_ever, arrival + rng.exponential(180.0, size=n), np.inf)
+    enrolled = np.full(n, -1)
+    shoppers, days, amounts = [], [], []
+    for day in range(total_days):
+        alive = (arrival <= day) & (day < death)
+        member = (enrolled >= 0) & (enrolled < day)
+        effective = rate * np.where(member, 1 + effect, 1.0)
+        buys = alive & (rng.random(n) < 1 - np.exp(-effective))
+        # The first visit always happens on the arrival day.
+        buys |= arrival == day
+        index = np.flatnonzero(buys)
+        if not len(index):
+            continue
+        joins = index[(enrolled[index] < 0) & (planned[index] <= day)]
+        enrolled[joins] = day
+        shoppers.append(index)
+        days.append(np.full(len(index), day))
+        amounts.append(np.round(rng.gamma(shape=6.0, scale=1 / nu[index]), 2))
+    return SimulatedShoppers(
+        start=start,
+        days=total_days,
+        rate=rate,
+        arrival=arrival,
+        death=death,
+        mean_spend=mean_spend,
+        enrolled=enrolled,
+        purchase_shopper=np.concatenate(shoppers),
+        purchase_day=np.concatenate(days),
+        purchase_amount=np.maximum(np.concatenate(amounts), 1.0),
+        effect=effect,
+    )
+
+
+def simulated_shoppers_write(
+    simulation: SimulatedShoppers, *, pos: Integration, log: Callable[[str], None] | None = None
+) -> str:
+    """Write the simulated customers and their purchases in bulk. Members get a points account
+    (no points: the ledger of these rows is empty and consistent). Safe to run again: does
+    nothing when simulated receipts exist."""
+    import numpy as np
+
+    from .models import PointsAccount
+
+    if Purchase.objects.filter(external_id__startswith=SIM_PREFIX).exists():
+        return "Simulated shoppers already exist: left as they are."
+    log = log or (lambda message: None)
+    tz = ZoneInfo(settings.TIME_ZONE)
+    rng = np.random.default_rng(len(simulation.rate))
+    n = len(simulation.rate)
+    offset = Customer.objects.filter(external_ref__startswith=SIM_PREFIX).count()
+    refs = [f"{SIM_PREFIX}{offset + i + 1:06d}" for i in range(n)]
+
+    def moment(day: int, minute: int) -> dt.datetime:
+        return dt.datetime.combine(simulation.start + dt.timedelta(days=int(day)), dt.time(7), tzinfo=tz) + (
+            dt.timedelta(minutes=int(minute))
+        )
+
+    enrolled_at = [moment(day, 5) if day >= 0 else None for day in simulation.enrolled]
+    Customer.objects.bulk_create(
+        [
+            Customer(
+                external_ref=ref,
+                email=f"{ref.lower()}@sim.example",
+                first_name="Sim",
+                last_name=ref[len(SIM_PREFIX) :],
+                language="en",
+                enrolled_at=enrolled_at[i],
+                referral_code=f"S{offset + i + 1:07d}",
+            )
+            for i, ref in enumerate(refs)
+        ],
+        batch_size=2000,
+    )
+    ids = dict(Customer.objects.filter(external_ref__in=refs).values_list("external_ref", "pk"))
+    simulation.refs = refs
+    simulation.customer_ids = [ids[ref] for ref in refs]
+    lowest = Tier.objects.order_by("min_qualifying_spend").first()
+    PointsAccount.objects.bulk_create(
+        [
+            PointsAccount(customer_id=simulation.customer_ids[i], tier=lowest, tier_changed_at=enrolled_at[i])
+            for i in range(n)
+            if enrolled_at[i] is not None
+        ],
+        batch_size=2000,
+    )
+    minutes = rng.integers(0, 12 * 60, size=len(simulation.purchase_day))
+    purchases = []
+    for number, (shopper, day, amount, minute) in enumerate(
+        zip(
+            simulation.purchase_shopper.tolist(),
+            simulation.purchase_day.tolist(),
+            simulation.purchase_amount.tolist(),
+            minutes.tolist(),
+            strict=True,
+        ),
+        start=1,
+    ):
+        when = moment(day, 10 + minute)
+        joined = enrolled_at[shopper]
+        purchases.append(
+            Purchase(
+                integration=pos,
+                external_id=f"{SIM_PREFIX}{number:08d}",
+                customer_id=simulation.customer_ids[shopper],
+                amount=Decimal(f"{amount:.2f}"),
+                currency=settings.PROGRAM_CURRENCY,
+                occurred_at=when,
+                was_member=joined is not None and joined <= when,
+                request_hash="simulated",
+            )
+        )
+    log(f"{n} simulated shoppers; writing {len(purchases)} purchases …")
+    Purchase.objects.bulk_create(purchases, batch_size=5000)
+    members = int((simulation.enrolled >= 0).sum())
+    return (
+        f"{n} simulated shoppers ({members} members, true program effect +{simulation.effect:.0%} purchase rate), "
+        f"{len(purchases)} purchases over {simulation.days} days."
+    )

@@ -43,3 +43,11 @@ def ledger_violations(*, limit: int = 1000) -> list[dict]:
             problems.append(f"newest entry says balance {last_balance_after}, account says {balance}")
         violations.append({"customer_id": customer_id, "problems": problems})
     return violations
+
+
+def ledger_check_record(*, violations: list[dict], keep: int = 20):
+    """Keep what one check found (the count and the first `keep` accounts), clean or not:
+    the staff dashboard alerts while the newest check found violations."""
+    from .models import LedgerCheck
+
+    return LedgerCheck.objects.create(violations=len(violations), details=violations[:keep])

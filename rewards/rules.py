@@ -231,6 +231,8 @@ def _explain_line(line: Mapping) -> str:  # noqa: C901 - one branch per kind of 
         return _("Expired: points earned on %(earned_on)s") % line
     if code == "clawback":
         return _("Refund of %(refund)s on purchase %(purchase)s: points taken back") % line
+    if code == "gift":
+        return _("Gift: %(name)s") % line
     if code == "adjust":
         return _("Correction by staff: %(reason)s") % line
     if code == "debt_repaid":

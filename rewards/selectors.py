@@ -7,7 +7,7 @@ import threading
 import time
 from decimal import Decimal
 
-from django.db.models import F, Q, QuerySet, Sum
+from django.db.models import Count, F, Q, QuerySet, Sum
 from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
 
@@ -148,4 +148,224 @@ def rewards_available(*, at: dt.datetime | None = None) -> QuerySet[Reward]:
         .filter(Q(stock__isnull=True) | Q(stock__gt=0))
         .select_related("min_tier")
         .order_by("cost_points", "name")
+    )
+
+
+# --- The member portal -------------------------------------------------------------
+
+
+def account_get(*, customer_id: int) -> PointsAccount | None:
+    return PointsAccount.objects.select_related("tier").filter(pk=customer_id).first()
+
+
+def rewards_for_member(*, customer: Customer, account: PointsAccount) -> list[dict]:
+    """The catalog as one member sees it: what each reward needs that they lack (points,
+    tier, the per-customer limit), those they can redeem now first, then by cost."""
+    from .models import Redemption
+
+    rewards = list(rewards_available())
+    taken = dict(
+        Redemption.objects.filter(customer=customer)
+        .exclude(state=Redemption.State.CANCELLED)
+        .values("reward_id")
+        .annotate(n=Count("id"))
+        .values_list("reward_id", "n")
+    )
+    spend_floor = account.tier.min_qualifying_spend if account.tier else None
+    items = []
+    for reward in rewards:
+        missing_points = max(0, reward.cost_points - max(account.balance, 0))
+        tier_too_low = reward.min_tier_id and (
+            spend_floor is None or spend_floor < reward.min_tier.min_qualifying_spend
+        )
+        tier_missing = reward.min_tier if tier_too_low else None
+        limit_reached = (
+            reward.per_customer_limit is not None and taken.get(reward.pk, 0) >= reward.per_customer_limit
+        )
+        can_redeem = (
+            not missing_points and tier_missing is None and not limit_reached and account.balance >= 0
+        )
+        items.append(
+            {
+                "reward": reward,
+                "can_redeem": can_redeem,
+                "missing_points": missing_points,
+                "tier_missing": tier_missing,
+                "limit_reached": limit_reached,
+                "progress": min(1.0, max(account.balance, 0) / reward.cost_points),
+            }
+        )
+    items.sort(key=lambda item: (not item["can_redeem"], item["reward"].cost_points, item["reward"].name))
+    return items
+
+
+def redemptions_of(*, customer_id: int) -> QuerySet:
+    from .models import Redemption
+
+    return Redemption.objects.filter(customer_id=customer_id).select_related("reward").order_by("-created_at")
+
+
+def referral_summary(*, customer: Customer) -> dict:
+    """Friends who joined with the member's code, and the points their first purchases earned."""
+    joined = Customer.objects.filter(referred_by=customer, enrolled_at__isnull=False).count()
+    bonuses = LedgerEntry.objects.filter(
+        account_id=customer.pk,
+        kind=LedgerEntry.Kind.BONUS,
+        idempotency_key__startswith="referral:",
+        idempotency_key__endswith=":referrer",
+    ).aggregate(n=Count("id"), points=Sum("points"))
+    return {"joined": joined, "rewarded": bonuses["n"] or 0, "points": bonuses["points"] or 0}
+
+
+def customer_export(customer: Customer) -> dict:
+    """What the loyalty core holds about a customer, for the member's data download."""
+    from .models import Redemption
+
+    account = account_get(customer_id=customer.pk)
+    purchases = Purchase.objects.filter(customer=customer).prefetch_related("lines").order_by("occurred_at")
+    return {
+        "account": {
+            "balance": account.balance,
+            "tier": account.tier.name if account.tier else None,
+        }
+        if account
+        else None,
+        "ledger": [
+            {
+                "at": e.created_at.isoformat(),
+                "kind": e.kind,
+                "points": e.points,
+                "balance_after": e.balance_after,
+                "explanation": e.explanation,
+            }
+            for e in LedgerEntry.objects.filter(account_id=customer.pk).order_by("created_at", "id")
+        ],
+        "purchases": [
+            {
+                "id": p.external_id,
+                "occurred_at": p.occurred_at.isoformat(),
+                "amount": str(p.amount),
+                "currency": p.currency,
+                "refunded_amount": str(p.refunded_amount),
+                "points_earned": p.points_earned,
+                "lines": [
+                    {"sku": li.sku, "category": li.category, "amount": str(li.amount)} for li in p.lines.all()
+                ],
+            }
+            for p in purchases
+        ],
+        "redemptions": [
+            {
+                "reward": r.reward.name,
+                "points": r.points,
+                "voucher_code": r.voucher_code,
+                "state": r.state,
+                "created_at": r.created_at.isoformat(),
+                "expires_at": r.expires_at.isoformat() if r.expires_at else None,
+            }
+            for r in Redemption.objects.filter(customer=customer).select_related("reward")
+        ],
+    }
+
+
+# --- The staff panel: the customer 360 page and the home dashboard ---------------------------
+
+
+def purchases_of(*, customer_id: int, limit: int = 20) -> list[Purchase]:
+    """The newest purchases of a customer with their refunds (two queries)."""
+    return list(
+        Purchase.objects.filter(customer_id=customer_id)
+        .select_related("integration")
+        .prefetch_related("refunds")
+        .order_by("-occurred_at", "-id")[:limit]
+    )
+
+
+def purchase_totals(*, customer_id: int) -> dict:
+    """How many purchases, how much spent and refunded, over the customer's whole history."""
+    row = Purchase.objects.filter(customer_id=customer_id).aggregate(
+        count=Count("id"), amount=Sum("amount"), refunded=Sum("refunded_amount")
+    )
+    return {
+        "count": row["count"],
+        "amount": row["amount"] or Decimal("0"),
+        "refunded": row["refunded"] or Decimal("0"),
+    }
+
+
+def _net_redeemed() -> dict:
+    """Conditional sums: points credited (earn, bonus) and redeemed net of cancelled vouchers."""
+    return {
+        "issued": Q(kind__in=[LedgerEntry.Kind.EARN, LedgerEntry.Kind.BONUS]),
+        "redeemed": Q(kind=LedgerEntry.Kind.REDEEM),
+        "returned": Q(kind=LedgerEntry.Kind.REVERSAL, redemption__isnull=False),
+    }
+
+
+def points_flow(*, windows: dict[str, tuple[dt.datetime, dt.datetime]]) -> dict[str, dict[str, int]]:
+    """Points issued (earned and bonus) and redeemed (net of cancelled vouchers) in each named
+    [start, end) window, in one aggregate over the ledger."""
+    kinds = _net_redeemed()
+    aggregates = {}
+    for name, (start, end) in windows.items():
+        when = Q(created_at__gte=start, created_at__lt=end)
+        for kind, condition in kinds.items():
+            aggregates[f"{name}__{kind}"] = Sum("points", filter=when & condition)
+    earliest = min((start for start, _end in windows.values()), default=None)
+    entries = LedgerEntry.objects.all()
+    if earliest is not None:
+        entries = entries.filter(created_at__gte=earliest)
+    row = entries.aggregate(**aggregates) if aggregates else {}
+    return {
+        name: {
+            "issued": row[f"{name}__issued"] or 0,
+            "redeemed": -(row[f"{name}__redeemed"] or 0) - (row[f"{name}__returned"] or 0),
+        }
+        for name in windows
+    }
+
+
+def active_members(*, since: dt.datetime, weeks: list[tuple[dt.datetime, dt.datetime]]) -> dict:
+    """Members who bought since `since`, and distinct members who bought in each week: one query."""
+    aggregates = {"active": Count("customer_id", distinct=True, filter=Q(occurred_at__gte=since))}
+    for i, (start, end) in enumerate(weeks):
+        aggregates[f"w{i}"] = Count(
+            "customer_id", distinct=True, filter=Q(occurred_at__gte=start, occurred_at__lt=end)
+        )
+    earliest = min([since, *(start for start, _end in weeks)])
+    row = Purchase.objects.filter(occurred_at__gte=earliest, customer__enrolled_at__isnull=False).aggregate(
+        **aggregates
+    )
+    return {"active": row["active"], "weekly": [row[f"w{i}"] for i in range(len(weeks))]}
+
+
+def points_outstanding() -> dict:
+    """Points members hold (positive balances), and the debt of accounts below zero: one query."""
+    row = PointsAccount.objects.aggregate(
+        points=Sum("balance", filter=Q(balance__gt=0)),
+        holders=Count("pk", filter=Q(balance__gt=0)),
+        debt=Sum("balance", filter=Q(balance__lt=0)),
+        in_debt=Count("pk", filter=Q(balance__lt=0)),
+    )
+    return {
+        "points": row["points"] or 0,
+        "holders": row["holders"],
+        "debt": -(row["debt"] or 0),
+        "in_debt": row["in_debt"],
+    }
+
+
+def ledger_check_latest():
+    """The newest recorded run of the daily ledger check, or None before the first."""
+    from .models import LedgerCheck
+
+    return LedgerCheck.objects.order_by("-checked_at", "-id").first()
+
+
+def integrations_failing(*, since: dt.datetime) -> list:
+    """Active integrations with a failed API call since `since`, the most recent first."""
+    from .models import Integration
+
+    return list(
+        Integration.objects.filter(is_active=True, last_failure_at__gte=since).order_by("-last_failure_at")
     )

@@ -753,6 +753,52 @@ def reward_redeem(
 
 
 @transaction.atomic
+def bonus_award(*, customer: Customer, points: int, key: str, name: str) -> LedgerEntry | None:
+    """Bonus points from outside the earning rules (a campaign's gift), explained as a
+    gift named `name`. Idempotent on `key`; nothing for a shopper who is not a member."""
+    if points <= 0:
+        raise DomainError("A gift must be a positive number of points.", code="invalid_points")
+    if not PointsAccount.objects.filter(pk=customer.pk).exists():
+        return None
+    account = _account_lock(customer.pk)
+    existing = LedgerEntry.objects.filter(idempotency_key=key).first()
+    if existing:
+        return existing
+    return _credit(
+        account,
+        kind=Kind.BONUS,
+        points=points,
+        key=key,
+        explanation=[{"code": "gift", "name": name}],
+        at=timezone.now(),
+    )
+
+
+@transaction.atomic
+def voucher_gift(*, customer: Customer, reward_id: int, key: str) -> Redemption | None:
+    """A free voucher for a reward (a campaign's offer): no points move. Idempotent on
+    (customer, key); None when the reward is not available (inactive, out of stock)."""
+    existing = Redemption.objects.filter(customer=customer, idempotency_key=key).first()
+    if existing:
+        return existing
+    reward = Reward.objects.select_for_update().filter(pk=reward_id, is_active=True).first()
+    if reward is None or (reward.stock is not None and reward.stock <= 0):
+        return None
+    now = timezone.now()
+    redemption = Redemption.objects.create(
+        customer=customer,
+        reward=reward,
+        points=0,
+        voucher_code=voucher_code_new(),
+        idempotency_key=key,
+        expires_at=now + dt.timedelta(days=reward.validity_days) if reward.validity_days else None,
+    )
+    if reward.stock is not None:
+        Reward.objects.filter(pk=reward.pk).update(stock=F("stock") - 1)
+    return redemption
+
+
+@transaction.atomic
 def redemption_cancel(*, redemption_id: int, reason: str = "", customer_id: int | None = None) -> Redemption:
     """Cancel an issued voucher and return its points (a reversal entry and a new lot
     that expires when the latest of the spent lots would have). Idempotent."""

@@ -9,7 +9,7 @@ from django.core.mail import mail_admins
 from django.utils import timezone
 
 from . import services
-from .ledger_check import ledger_violations
+from .ledger_check import ledger_check_record, ledger_violations
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ def birthday_bonuses_award(on_date: str | None = None) -> dict:
 def ledger_check() -> dict:
     """Alert staff (ADMINS by email, and the log) when an invariant is broken."""
     violations = ledger_violations(limit=100)
+    ledger_check_record(violations=violations)
     if violations:
         lines = [f"customer {v['customer_id']}: {'; '.join(v['problems'])}" for v in violations]
         logger.error("ledger_check found %d violation(s):\n%s", len(violations), "\n".join(lines))

@@ -3,6 +3,7 @@ PostgreSQL (DATABASE_URL) and Redis (REDIS_URL), a real Celery worker.
 """
 
 import socket
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -74,3 +75,132 @@ def celery_worker_real(celery_app_real, django_db_setup, django_db_blocker):
         ) as worker,
     ):
         yield worker
+
+
+# --- The program and its members ----------------------------------------------------------
+
+
+@pytest.fixture
+def program(db):
+    """A typical program: 1 point per unit, Bronze/Silver/Gold, 24-month expiry."""
+    from tests.factories import program_rules_set, standard_tiers
+
+    program_rules_set(points_per_unit=1, minimum_spend=0, expiry_months=24, signup_bonus=50)
+    return standard_tiers()
+
+
+@pytest.fixture
+def integration(db):
+    from tests.factories import IntegrationFactory
+
+    return IntegrationFactory(name="pos")
+
+
+@pytest.fixture
+def member(program):
+    from rewards.services import customer_enroll
+    from tests.factories import CustomerFactory
+
+    customer, _ = customer_enroll(customer=CustomerFactory())
+    return customer
+
+
+# --- Mail: a real SMTP server on loopback -------------------------------------------------
+
+
+class _Mailbox:
+    """What the SMTP server received: parsed messages, newest last."""
+
+    def __init__(self):
+        self.messages = []
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's handler API
+        import email
+        from email import policy
+
+        message = email.message_from_bytes(envelope.content, policy=policy.default)
+        self.messages.append(message)
+        return "250 OK"
+
+    def bodies(self) -> list[str]:
+        return [m.get_body(preferencelist=("plain",)).get_content() for m in self.messages]
+
+    def link(self, contains: str) -> str:
+        """The last link in the newest message that has one containing `contains`."""
+        import re
+
+        for body in reversed(self.bodies()):
+            links = [u for u in re.findall(r"https?://\S+", body) if contains in u]
+            if links:
+                return links[-1]
+        raise AssertionError(f"no mail with a link containing {contains!r}; got {len(self.messages)} mails")
+
+
+@pytest.fixture
+def smtp_server(settings):
+    """A real SMTP server (aiosmtpd) on 127.0.0.1; Django's SMTP backend sends to it."""
+    from aiosmtpd.controller import Controller
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mailbox = _Mailbox()
+    controller = Controller(mailbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST = "127.0.0.1"
+    settings.EMAIL_PORT = port
+    settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+    settings.EMAIL_HOST_USER = settings.EMAIL_HOST_PASSWORD = ""
+    yield mailbox
+    controller.stop()
+
+
+# --- The browser: Debian's Chromium driven by Playwright ------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium from Debian (never a downloaded browser), for the whole session."""
+    import os
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium); .ci/run does"
+        )
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls
+    # (setting up data, reading results) are still plain synchronous code.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, request):
+    """A fresh browser tab at phone size (360 px wide); on failure its screenshot is saved
+    under test-artifacts/."""
+    context = browser.new_context(viewport={"width": 360, "height": 800}, locale="en-GB")
+    tab = context.new_page()
+    tab.set_default_timeout(15_000)
+    yield tab
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        ARTIFACTS.mkdir(exist_ok=True)
+        target = ARTIFACTS / f"{request.node.name}.png"
+        tab.screenshot(path=str(target), full_page=True)
+        print(f"screenshot of the failed browser test: {target}")
+    context.close()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

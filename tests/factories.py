@@ -17,7 +17,7 @@ class UserFactory(factory.django.DjangoModelFactory):
 
     username = factory.Sequence(lambda n: f"user{n}")
     email = factory.LazyAttribute(lambda u: f"{u.username}@example.com")
-    password = factory.PostGenerationMethodCall("set_password", "pw-for-tests-123")
+    password = factory.django.Password("pw-for-tests-123")
 
 
 class StaffFactory(UserFactory):
@@ -91,3 +91,20 @@ def standard_tiers() -> tuple[Tier, Tier, Tier]:
 
 def days_ago(n: float) -> dt.datetime:
     return timezone.now() - dt.timedelta(days=n)
+
+
+def campaign_make(*, name="Campaign", conditions=(), contents=None, **fields):
+    """A campaign with a segment of `conditions` (dicts for SegmentCondition) and content
+    per language (default: an English message using a few fields)."""
+    from campaigns.models import Campaign, CampaignContent, Segment, SegmentCondition
+
+    segment = Segment.objects.create(name=f"{name} segment {Segment.objects.count()}")
+    for condition in conditions:
+        SegmentCondition.objects.create(segment=segment, **condition)
+    fields.setdefault("holdout_percent", 0)
+    campaign = Campaign.objects.create(name=name, segment=segment, **fields)
+    for language, (subject, body) in (
+        contents or {"en": ("Hi {{ first_name }}", "You have {{ points_balance }} points.")}
+    ).items():
+        CampaignContent.objects.create(campaign=campaign, language=language, subject=subject, body=body)
+    return campaign

@@ -8,6 +8,7 @@ Every value that differs between machines is read from the environment
 from pathlib import Path
 
 import environ
+from csp.constants import NONCE, NONE, SELF
 from django.utils.translation import gettext_lazy as _
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
@@ -35,6 +36,13 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_celery_beat",
+    # Login brute-force protection: https://django-axes.readthedocs.io/
+    "axes",
+    # Content-Security-Policy header (see "Security headers" below).
+    "csp",
+    # Two-factor sign-in (TOTP) for staff in the admin: https://django-otp-official.readthedocs.io/
+    "django_otp",
+    "django_otp.plugins.otp_totp",
     # The project's apps, in layer order: each may import only those above it.
     "accounts",
     "rewards",
@@ -46,14 +54,27 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
+    # PostgreSQL unreachable: a calm 503 page (JSON under /api/) with Retry-After, not a 500.
+    # Failures inside other middleware (a session load) reach the same answer through
+    # handler500 in urls.py.
+    "loyalty_site.outages.DatabaseUnavailableMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # request.user.is_verified(): signed in with a TOTP code (django-otp), then the admin's
+    # two-factor rules (accounts/two_factor.py).
+    "django_otp.middleware.OTPMiddleware",
+    "accounts.two_factor.StaffTwoFactorMiddleware",
+    # A signed-in member's profile language and time zone win over the browser's.
+    "accounts.middleware.MemberPreferencesMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a lockout into its own response.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "loyalty_site.urls"
@@ -72,6 +93,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "loyalty_site.context_processors.program",
+                "loyalty_site.context_processors.member",
             ],
         },
     },
@@ -94,10 +116,55 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
-LOGIN_URL = "/admin/login/"
+# Members sign in with their email address on the portal; staff use the admin's own login.
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "portal-home"
+LOGOUT_REDIRECT_URL = "home"
+# https://django-axes.readthedocs.io/en/latest/4_configuration.html
+# The backend comes first so a locked-out account or address is refused before any check.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Locked after 5 failures per account or per address, for an hour.
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_HOURS", default=1.0)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "accounts/locked_out.html"
+# The client's address: REMOTE_ADDR, or X-Forwarded-For as set by PROXY_COUNT trusted proxies.
+AXES_CLIENT_IP_CALLABLE = "accounts.security.client_ip"
+PROXY_COUNT = env.int("PROXY_COUNT", default=0)
+# Email confirmation and password reset links stay valid for three days.
+PASSWORD_RESET_TIMEOUT = 3 * 24 * 60 * 60
 # The largest request body accepted (a batch of 1,000 purchases with line items fits).
 # https://docs.djangoproject.com/en/5.2/ref/settings/#data-upload-max-memory-size
 DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+
+# --- Security headers -------------------------------------------------------
+# Content-Security-Policy, by django-csp: https://django-csp.readthedocs.io/en/latest/configuration.html
+# Everything from our own origin only; no inline script, style or event handler anywhere (a
+# template that truly needs an inline <script> gives it nonce="{{ request.csp_nonce }}");
+# the QR codes are inline SVG elements, which img-src does not govern. Django's own headers
+# (nosniff, Referrer-Policy same-origin, X-Frame-Options DENY, Cross-Origin-Opener-Policy)
+# are on by default; HSTS and secure cookies are in production.py.
+CONTENT_SECURITY_POLICY = {
+    # Swagger UI (drf-spectacular) renders an inline <script> and <style> without a nonce.
+    # Until its view gets a per-view policy (SECURITY.md), the API docs page goes without.
+    "EXCLUDE_URL_PREFIXES": ["/api/docs/"],
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF],
+        "img-src": [SELF],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
 
 # --- Internationalisation -------------------------------------------------
 # https://docs.djangoproject.com/en/5.2/topics/i18n/
@@ -118,6 +185,41 @@ TIME_ZONE = env("TIME_ZONE", default="Europe/Copenhagen")
 PROGRAM_CURRENCY = env("PROGRAM_CURRENCY", default="DKK")
 PROGRAM_NAME = env("PROGRAM_NAME", default="Loyalty")
 
+# --- Staff roles and two-factor sign-in ---------------------------------------
+# The largest points adjustment (either sign) a Support member may make at once; program
+# admins (permission accounts.adjust_points_unlimited) have no limit. See accounts/roles.py.
+STAFF_ADJUST_LIMIT_SUPPORT = env.int("STAFF_ADJUST_LIMIT_SUPPORT", default=1000)
+# On: program admins (and superusers) cannot use the admin until they have enrolled a TOTP
+# device and signed in with a code. Production turns it on; staff with a device always need
+# a code. https://django-otp-official.readthedocs.io/en/stable/overview.html
+STAFF_2FA_REQUIRED_FOR_PROGRAM_ADMINS = env.bool("STAFF_2FA_REQUIRED_FOR_PROGRAM_ADMINS", default=False)
+
+
+# The name authenticator apps show next to the code; the admin hides the devices' secret keys.
+# https://django-otp-official.readthedocs.io/en/stable/overview.html#std-setting-OTP_TOTP_ISSUER
+def _totp_issuer(device):
+    from django.conf import settings
+
+    return settings.PROGRAM_NAME  # read when used: dev and production set their own name
+
+
+OTP_TOTP_ISSUER = _totp_issuer
+OTP_ADMIN_HIDE_SENSITIVE_DATA = True
+
+# --- Campaigns ----------------------------------------------------------------
+# The site's public address, for links in emails (tracked links, unsubscribe).
+SITE_URL = env("SITE_URL", default="http://127.0.0.1:8000")
+# At most this many marketing messages per customer in 7 days, across campaigns (0: no cap).
+CAMPAIGN_FREQUENCY_CAP = env.int("CAMPAIGN_FREQUENCY_CAP", default=3)
+# No marketing email between these hours in the customer's time zone (held, then sent).
+CAMPAIGN_QUIET_HOURS = tuple(env.list("CAMPAIGN_QUIET_HOURS", cast=int, default=[21, 8]))
+# Send tasks the dispatcher starts per pass (about one per worker process).
+CAMPAIGN_SEND_TASKS = env.int("CAMPAIGN_SEND_TASKS", default=2)
+# SMTP sessions each sending thread keeps open; one commit marks a message per session
+# (campaigns/mail.py). Keep processes × threads × sessions under the relay's per-client
+# connection limit (Postfix: smtpd_client_connection_count_limit, 50 by default).
+CAMPAIGN_SMTP_SESSIONS = env.int("CAMPAIGN_SMTP_SESSIONS", default=16)
+
 # --- Static and media -----------------------------------------------------
 STATIC_URL = "/static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
@@ -131,11 +233,16 @@ STORAGES = {
 
 # --- Redis, cache ---------------------------------------------------------
 REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
+# Short socket timeouts: when Redis hangs instead of refusing (a dropped network), a cache
+# call gives up in a second and the caller carries on (rate limits fail open) instead of the
+# request hanging. https://redis.readthedocs.io/en/stable/connections.html
+REDIS_CACHE_OPTIONS = {"socket_connect_timeout": 1, "socket_timeout": 1}
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "loyalty",
+        "OPTIONS": REDIS_CACHE_OPTIONS,
     }
 }
 
@@ -181,6 +288,9 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 from loyalty_site.schedule import BEAT_SCHEDULE as CELERY_BEAT_SCHEDULE  # noqa: E402,F401
 
 # --- REST framework and the OpenAPI schema --------------------------------
+# Requests per minute per integration token (0: no limit); past it, 429 with Retry-After
+# (rewards.api.IntegrationRateThrottle). Set it to what your busiest integration needs.
+API_RATE_LIMIT_PER_MINUTE = env.int("API_RATE_LIMIT_PER_MINUTE", default=20000)
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
@@ -209,7 +319,14 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # Every handler masks tokens and passwords that a message might carry (loyalty_site/log_filters.py).
+    "filters": {"secrets": {"()": "loyalty_site.log_filters.SecretsFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["secrets"]}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # One line per login attempt is noise; lockouts are still logged (warnings).
+        "axes": {"level": "WARNING"},
+        "mail.log": {"level": "WARNING"},
+    },
 }

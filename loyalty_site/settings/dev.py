@@ -10,6 +10,8 @@ from .base import *  # noqa: F403
 from .base import VAR_DIR, env
 
 DEBUG = env.bool("DEBUG", default=True)
+# The demo shop (see rewards/demo.py).
+PROGRAM_NAME = env("PROGRAM_NAME", default="Bønne & Brød")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 
 VAR_DIR.mkdir(exist_ok=True)

@@ -24,12 +24,19 @@ SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
 SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+# The proxy in front of gunicorn appends the client's address to X-Forwarded-For; login
+# lockouts (django-axes) count by that address. Set PROXY_COUNT to the number of proxies.
+PROXY_COUNT = env.int("PROXY_COUNT", default=1)
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=60 * 60 * 24 * 365)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=True)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+# Program admins must sign in to the admin with a TOTP code (accounts/two_factor.py).
+STAFF_2FA_REQUIRED_FOR_PROGRAM_ADMINS = env.bool("STAFF_2FA_REQUIRED_FOR_PROGRAM_ADMINS", default=True)
 
 # Hashed, compressed static files served by whitenoise.
 STORAGES = {

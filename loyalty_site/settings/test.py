@@ -4,8 +4,10 @@ DATABASE_URL and REDIS_URL default to the local services; the suite stops at
 once, saying which service is missing, when one does not answer.
 """
 
+import uuid
+
 from .base import *  # noqa: F403
-from .base import env
+from .base import REDIS_CACHE_OPTIONS, env
 
 SECRET_KEY = "test-only-secret-key-0123456789abcdefghijklmnopqrstuvwxyz"  # noqa: S105
 DEBUG = False
@@ -25,14 +27,25 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "loyalty-test",
+        "OPTIONS": REDIS_CACHE_OPTIONS,
     }
 }
+# Rate-limit counters (accounts.security) live in Redis, which outlives a test run; a fresh
+# namespace per run keeps one run's password resets from counting against the next.
+RATE_LIMIT_NAMESPACE = f"run-{uuid.uuid4().hex[:8]}:"
 
 # Fast hashing: the suite creates many users; production keeps the default.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+# In memory, unless EMAIL_URL is given (worker processes started by a test send to the
+# test's SMTP server on loopback).
+if "EMAIL_URL" not in env.ENVIRON:
+    EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 
 # Static files straight from the app and static/ folders (no collectstatic).
 STATIC_ROOT = None
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
+
+# The suite must not depend on the hour it runs at: no quiet hours unless a test sets them
+# (the real Celery workers the tests start read this too).
+CAMPAIGN_QUIET_HOURS = tuple(env.list("CAMPAIGN_QUIET_HOURS", cast=int, default=[0, 0]))

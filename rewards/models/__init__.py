@@ -3,6 +3,7 @@
 from .catalog import Redemption, Reward
 from .ledger import (
     CustomerEvent,
+    LedgerCheck,
     LedgerEntry,
     LotConsumption,
     PointsAccount,
@@ -18,6 +19,7 @@ __all__ = [
     "CustomerEvent",
     "EventRule",
     "Integration",
+    "LedgerCheck",
     "LedgerEntry",
     "LotConsumption",
     "PointsAccount",

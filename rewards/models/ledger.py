@@ -277,3 +277,21 @@ class LotConsumption(models.Model):
 
     def __str__(self) -> str:
         return f"{self.points} from lot {self.lot_id}"
+
+
+class LedgerCheck(models.Model):
+    """One run of the daily ledger check (rewards.tasks.ledger_check) and what it found, so the
+    staff dashboard can show a failure after the log line and the email are gone."""
+
+    checked_at = models.DateTimeField(_("checked at"), default=timezone.now, db_index=True)
+    violations = models.PositiveIntegerField(_("accounts in error"), default=0)
+    # The first accounts found: [{"customer_id": 17, "problems": ["balance 10 != ..."]}, ...]
+    details = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        verbose_name = _("ledger check")
+        verbose_name_plural = _("ledger checks")
+        ordering = ["-checked_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.checked_at:%Y-%m-%d %H:%M}: {self.violations}"

@@ -180,6 +180,12 @@ class Integration(models.Model):
     is_active = models.BooleanField(_("active"), default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(_("last used"), null=True, blank=True)
+    # Calls that failed on the integration's side (invalid, malformed, conflicting, refused by
+    # the rate limit, or a server error), counted by rewards.api_errors; the staff dashboard
+    # alerts on a recent failure. A member's own refusal (too few points) is not a failure.
+    failed_calls = models.PositiveIntegerField(_("failed calls"), default=0, editable=False)
+    last_failure_at = models.DateTimeField(_("last failed call"), null=True, blank=True, editable=False)
+    last_failure = models.CharField(_("last failure"), max_length=200, blank=True, editable=False)
 
     class Meta:
         verbose_name = _("integration")

@@ -45,19 +45,22 @@ def test_language_switcher_sets_the_language_for_following_pages(client):
     assert HEADLINE["th"] in response.content.decode()
 
 
-@pytest.mark.django_db
-def test_dates_are_formatted_in_the_active_locale(client):
+def test_dates_are_formatted_in_the_members_locale(client, program):
+    from django.urls import reverse
     from django.utils import timezone
     from django.utils.formats import date_format
     from django.utils.translation import override
 
+    from tests.rewards.test_portal import member_with_login
+
+    member = member_with_login(language="ru")  # the signup bonus: an entry dated today
+    client.force_login(member.user)
     today = timezone.localdate()
     with override("ru"):
-        expected = date_format(today, "DATE_FORMAT")
-    html = client.get("/", HTTP_ACCEPT_LANGUAGE="ru").content.decode()
-    assert expected in html
+        expected = date_format(today, "SHORT_DATE_FORMAT")
+    assert expected in client.get(reverse("portal-history")).content.decode()
     with override("en"):
-        assert date_format(today, "DATE_FORMAT") != expected
+        assert date_format(today, "SHORT_DATE_FORMAT") != expected
 
 
 @pytest.mark.parametrize("code", TRANSLATED)

@@ -83,7 +83,9 @@ def test_seed_demo_sets_the_programs_rules_tiers_and_a_future_promotion(seeded):
     assert set(Tier.objects.get(code="gold").name_translations) == {"da", "sv", "ru", "th"}
     from django.utils import timezone
 
-    assert Promotion.objects.get().starts_at > timezone.now()
+    assert Promotion.objects.get(source="demo").starts_at > timezone.now()
+    # The demo's finished campaign made its own (past) promotion for its treated members.
+    assert Promotion.objects.get(source__startswith="campaign:").ends_at < timezone.now()
 
 
 def test_rewards_have_translations_and_generated_pictures(seeded):
@@ -125,3 +127,15 @@ def test_the_demo_login_is_anna_larsen_a_member_with_history(seeded):
     assert anna.points_account.tier.code in ("silver", "gold")
     assert anna.purchases.count() > 20
     assert anna.redemptions.filter(state=Redemption.State.ISSUED).exists()
+
+
+def test_the_demo_has_survey_answers_costs_and_a_computed_analytics_run(seeded):
+    from analytics.models import AnalyticsRun, CustomerScore, MonthlyCost, SurveyResponse
+    from analytics.selectors import run_latest
+
+    assert SurveyResponse.objects.filter(survey__kind="nps").exists()
+    assert SurveyResponse.objects.filter(survey__kind="csat").exists()
+    assert MonthlyCost.objects.filter(kind="acquisition").count() >= 2
+    run = run_latest()
+    assert run is not None and run.status == AnalyticsRun.Status.DONE
+    assert CustomerScore.objects.filter(run=run).count() == 15

@@ -5,6 +5,8 @@ import time
 from django.core.management.base import BaseCommand
 
 from accounts.demo import demo_logins_ensure
+from analytics.demo import demo_analytics_ensure
+from campaigns.demo import demo_campaigns_ensure
 from rewards.demo import BRAND, POS_NAME, demo_loyalty_ensure
 
 
@@ -25,8 +27,10 @@ class Command(BaseCommand):
             seed=options["seed"],
             log=lambda message: self.stdout.write(f"  {message}"),
         )
+        analytics_lines = demo_analytics_ensure(months=options["months"], seed=options["seed"])
+        campaign_lines = demo_campaigns_ensure()
         self.stdout.write(f"{BRAND} demo ({time.monotonic() - started:.1f} s):")
-        for line in report.lines:
+        for line in [*report.lines, *analytics_lines, *campaign_lines]:
             self.stdout.write(f"  {line}")
         if report.token:
             self.stdout.write(
