@@ -276,7 +276,20 @@ CELERY_TASK_SOFT_TIME_LIMIT = 25 * 60
 # message that is still being worked on.
 # https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#visibility-timeout
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 2 * 60 * 60}
+# When the worker loses the broker (Redis restarted), a task running under acks_late can no
+# longer be acknowledged: its message stays in Redis and is delivered again, so the task runs
+# again whatever this one does. Stop it at once (its transaction rolls back; rows it claimed as
+# "sending" are swept) instead of finishing work that will be repeated: our tasks are safe to
+# repeat, and this way the work is done by the redelivered copy alone. Celery 5.x defaults to
+# False, warns about it on every connection loss, and turns it on by default in 6.0; pinned so
+# that the behaviour after a Redis restart is chosen here, not by an upgrade.
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-cancel-long-running-tasks-on-connection-loss
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+# Retry the broker at startup and after a loss (both Celery's defaults today; the first is
+# decided by broker_connection_retry alone until 6.0, with a warning when that one is off).
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-connection-retry-on-startup
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_RETRY = True
 CELERY_BROKER_CONNECTION_TIMEOUT = 3
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_EXPIRES = 24 * 60 * 60
