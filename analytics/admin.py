@@ -170,7 +170,9 @@ class AnalyticsSettingsAdmin(admin.ModelAdmin):
     ]
 
     def has_add_permission(self, request):
-        return not AnalyticsSettings.objects.exists()
+        # One row: never a second one, and the first only for those who may add it (any
+        # staff login could, before; tests/site/test_authorization_matrix.py).
+        return super().has_add_permission(request) and not AnalyticsSettings.objects.exists()
 
     def has_delete_permission(self, request, obj=None):
         return False

@@ -6,9 +6,14 @@ test_every_url_pattern_has_a_row, so a new endpoint cannot be forgotten. The adm
 URLs (changelist, add, change, delete, history) get their rows generically from
 admin.site._registry; its other URLs and every other pattern have a row below.
 
-Columns are callers (PRINCIPALS). Staff roles (issue 7) are added as columns: a principal
-with its setup, and in the admin rule and the staff rows the answer that role should get;
-test_every_row_covers_every_column fails until each row says what a new column gets.
+Columns are callers (PRINCIPALS): besides the public and the members, a superuser, a staff
+login in no group, one staff login per role of accounts.roles (a member of that group only;
+the program admin signed in with an authenticator code, as production requires), and an
+integration token. What a role gets is derived from ROLE_PERMISSIONS: an admin model page
+from the model's add/change/delete/view permissions (admin_row), any other staff page from
+the permission its view checks (the `perm` of staff_only). A role added to ROLE_PERMISSIONS
+becomes a column by itself; test_every_row_covers_every_column fails until each row says
+what a new column gets.
 
 URL arguments come from a world of fixtures: customer A's voucher, inbox message, survey
 link, tracked link, unsubscribe link, email confirmation and password reset links;
@@ -25,12 +30,17 @@ from decimal import Decimal
 
 import pytest
 from django.contrib import admin
+from django.contrib.auth.models import Group
 from django.contrib.auth.tokens import default_token_generator
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
 from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
+from django_otp import DEVICE_ID_SESSION_KEY
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from accounts import roles
 
 # --- Walking the URL configuration ---------------------------------------------------------
 
@@ -145,7 +155,21 @@ ANONYMOUS, CUSTOMER_A, CUSTOMER_B, SUPERUSER, STAFF_NO_PERMS, API_TOKEN = (
     "staff, no permissions",
     "integration token",
 )
-PRINCIPALS = (ANONYMOUS, CUSTOMER_A, CUSTOMER_B, SUPERUSER, STAFF_NO_PERMS, API_TOKEN)
+# One column per staff role, named after its group.
+ROLE_COLUMNS = {f"role {role}": role for role in roles.ROLE_PERMISSIONS}
+PROGRAM_ADMIN = f"role {roles.PROGRAM_ADMIN}"
+PRINCIPALS = (ANONYMOUS, CUSTOMER_A, CUSTOMER_B, SUPERUSER, STAFF_NO_PERMS, *ROLE_COLUMNS, API_TOKEN)
+STAFF_LOGINS = (SUPERUSER, STAFF_NO_PERMS, *ROLE_COLUMNS)
+
+
+def role_may(column: str, *permissions: str) -> bool:
+    """Whether the role of `column` holds any of `permissions` ("app_label.codename")."""
+    return bool(set(roles.ROLE_PERMISSIONS[ROLE_COLUMNS[column]]) & set(permissions))
+
+
+def staff(expect: Expect) -> dict[str, Expect]:
+    """The same answer for every staff login, whatever its permissions (a portal page)."""
+    return dict.fromkeys(STAFF_LOGINS, expect)
 
 
 @dataclass
@@ -171,8 +195,7 @@ def member_page(a: Expect = OK, b: Expect = OK, anonymous: Expect = LOGIN, **row
             ANONYMOUS: anonymous,
             CUSTOMER_A: a,
             CUSTOMER_B: b,
-            SUPERUSER: PENDING,
-            STAFF_NO_PERMS: PENDING,
+            **staff(PENDING),
             API_TOKEN: anonymous,
         },
         **row,
@@ -185,8 +208,27 @@ def api(token: Expect, **row) -> Row:
 
 
 def staff_only(
-    superuser: Expect = OK, staff_no_perms: Expect = FORBIDDEN, others: Expect = ADMIN_LOGIN, **row
+    superuser: Expect = OK,
+    staff_no_perms: Expect = FORBIDDEN,
+    others: Expect = ADMIN_LOGIN,
+    *,
+    perm: str | tuple[str, ...] | None = None,
+    all_of: bool = False,
+    **row,
 ):
+    """A staff page. `perm`: the permission the view checks (a tuple: any of them, or with
+    `all_of` all of them); a role holding it gets the superuser's answer, any other role the
+    answer of a staff login without permissions. Without `perm` the page asks for none: every
+    role gets what a staff login without permissions gets."""
+    wanted = (perm,) if isinstance(perm, str) else perm
+
+    def role_answer(column: str) -> Expect:
+        if wanted is None:
+            return staff_no_perms
+        held = set(roles.ROLE_PERMISSIONS[ROLE_COLUMNS[column]])
+        allowed = set(wanted) <= held if all_of else bool(set(wanted) & held)
+        return superuser if allowed else staff_no_perms
+
     return Row(
         {
             ANONYMOUS: others,
@@ -195,6 +237,7 @@ def staff_only(
             API_TOKEN: others,
             SUPERUSER: superuser,
             STAFF_NO_PERMS: staff_no_perms,
+            **{column: role_answer(column) for column in ROLE_COLUMNS},
         },
         **row,
     )
@@ -210,6 +253,10 @@ def purchase_body(w: World) -> dict:
     }
 
 
+VERBS = ("view", "add", "change", "delete")
+REWARDS_MODELS = [m for m in admin.site._registry if m._meta.app_label == "rewards"]
+SEGMENT_EDITING = ("campaigns.add_segment", "campaigns.change_segment")
+
 # Every pattern that is not an admin model URL, by route. The admin's model URLs: admin_row().
 ROWS: dict[str, Row] = {
     # Public pages.
@@ -222,8 +269,7 @@ ROWS: dict[str, Row] = {
             ANONYMOUS: OK,
             CUSTOMER_A: MY_POINTS,
             CUSTOMER_B: MY_POINTS,
-            SUPERUSER: MY_POINTS,
-            STAFF_NO_PERMS: MY_POINTS,
+            **staff(MY_POINTS),
             API_TOKEN: OK,
         }
     ),
@@ -233,8 +279,7 @@ ROWS: dict[str, Row] = {
             ANONYMOUS: LOGIN,
             CUSTOMER_A: MY_POINTS,
             CUSTOMER_B: LOGIN,
-            SUPERUSER: LOGIN,
-            STAFF_NO_PERMS: LOGIN,
+            **staff(LOGIN),
             API_TOKEN: LOGIN,
         }
     ),
@@ -244,8 +289,7 @@ ROWS: dict[str, Row] = {
             ANONYMOUS: OK,
             CUSTOMER_A: MY_POINTS,
             CUSTOMER_B: MY_POINTS,
-            SUPERUSER: MY_POINTS,
-            STAFF_NO_PERMS: MY_POINTS,
+            **staff(MY_POINTS),
             API_TOKEN: OK,
         }
     ),
@@ -262,8 +306,7 @@ ROWS: dict[str, Row] = {
             ANONYMOUS: LOGIN,
             CUSTOMER_A: MY_POINTS,
             CUSTOMER_B: MY_POINTS,
-            SUPERUSER: MY_POINTS,
-            STAFF_NO_PERMS: MY_POINTS,
+            **staff(MY_POINTS),
             API_TOKEN: LOGIN,
         },
         method="POST",
@@ -276,7 +319,7 @@ ROWS: dict[str, Row] = {
     "account/profile/close/": member_page(),
     "me/profile/data.json": member_page(),
     "me/": member_page(),
-    "me/pending/": Row({**member_page(a=MY_POINTS, b=MY_POINTS).expect, SUPERUSER: OK, STAFF_NO_PERMS: OK}),
+    "me/pending/": Row({**member_page(a=MY_POINTS, b=MY_POINTS).expect, **staff(OK)}),
     "me/enroll/": member_page(a=MY_POINTS, b=MY_POINTS, method="POST"),
     "me/history/": member_page(),
     "me/rewards/": member_page(),
@@ -293,11 +336,11 @@ ROWS: dict[str, Row] = {
     "m/unsubscribe/<str:token>/": everyone(OK),
     # Staff analytics (issue 5), with analytics.view_dashboards / export_dashboards (issue 7).
     # No snapshot has been computed in this world: the CSV is 404 for those who may have it.
-    "staff/analytics/": staff_only(),
-    "staff/analytics/cohorts/": staff_only(),
-    "staff/analytics/effect/": staff_only(),
-    "staff/analytics/customers/": staff_only(),
-    "staff/analytics/csv/<slug:table>.csv": staff_only(superuser=NOT_FOUND),
+    "staff/analytics/": staff_only(perm=roles.VIEW_DASHBOARDS),
+    "staff/analytics/cohorts/": staff_only(perm=roles.VIEW_DASHBOARDS),
+    "staff/analytics/effect/": staff_only(perm=roles.VIEW_DASHBOARDS),
+    "staff/analytics/customers/": staff_only(perm=roles.VIEW_DASHBOARDS),
+    "staff/analytics/csv/<slug:table>.csv": staff_only(superuser=NOT_FOUND, perm=roles.EXPORT_DASHBOARDS),
     # Staff two-factor sign-in (issue 7).
     "admin/2fa/setup/": staff_only(staff_no_perms=OK),
     "admin/2fa/verify/": staff_only(superuser=ADMIN_INDEX, staff_no_perms=ADMIN_INDEX),
@@ -308,8 +351,7 @@ ROWS: dict[str, Row] = {
             ANONYMOUS: OK,
             CUSTOMER_A: OK,
             CUSTOMER_B: OK,
-            SUPERUSER: ADMIN_INDEX,
-            STAFF_NO_PERMS: ADMIN_INDEX,
+            **staff(ADMIN_INDEX),
             API_TOKEN: OK,
         }
     ),
@@ -321,36 +363,58 @@ ROWS: dict[str, Row] = {
     "admin/r/<path:content_type_id>/<path:object_id>/": staff_only(
         staff_no_perms=NOT_FOUND, superuser=NOT_FOUND
     ),
-    "admin/<app_label>/": staff_only(staff_no_perms=NOT_FOUND),  # an app's index: rewards
+    # An app's index (rewards): 404 for a login that may see none of the app's models.
+    "admin/<app_label>/": staff_only(
+        staff_no_perms=NOT_FOUND,
+        perm=tuple(f"rewards.{verb}_{m._meta.model_name}" for m in REWARDS_MODELS for verb in VERBS),
+    ),
     "admin/<url>": staff_only(superuser=NOT_FOUND, staff_no_perms=NOT_FOUND),  # the catch-all
-    "admin/accounts/user/<id>/password/": staff_only(),
-    "admin/accounts/customer/<path:object_id>/adjust-points/": staff_only(),
-    "admin/accounts/customer/preview-earnings/": staff_only(),
-    "admin/campaigns/segment/preview/": staff_only(method="POST"),
-    "admin/campaigns/campaign/<path:object_id>/preview/": staff_only(),
-    # Done, then back to the campaign's pages.
+    # Another login's password (A's): whoever may change logins.
+    "admin/accounts/user/<id>/password/": staff_only(perm="accounts.change_user"),
+    "admin/accounts/customer/<path:object_id>/adjust-points/": staff_only(perm=roles.ADJUST_POINTS),
+    "admin/accounts/customer/preview-earnings/": staff_only(perm="accounts.view_customer"),
+    # The editor's live count: for whoever may see segments (an empty form: everyone).
+    "admin/campaigns/segment/preview/": staff_only(perm="campaigns.view_segment", method="POST"),
+    "admin/campaigns/campaign/<path:object_id>/preview/": staff_only(perm="campaigns.view_campaign"),
+    # Done, then back to the campaign's pages; a test send changes nothing but needs the
+    # right to change the campaign (it mails the sender).
     "admin/campaigns/campaign/<path:object_id>/test_send/": staff_only(
-        superuser=redirect("/admin/campaigns/campaign/"), method="POST"
+        superuser=redirect("/admin/campaigns/campaign/"), perm="campaigns.change_campaign", method="POST"
     ),
     "admin/campaigns/campaign/<path:object_id>/launch/": staff_only(
-        superuser=redirect("/admin/campaigns/campaign/"), method="POST"
+        superuser=redirect("/admin/campaigns/campaign/"),
+        perm=("campaigns.view_campaign", roles.LAUNCH_CAMPAIGN),
+        all_of=True,
+        method="POST",
     ),
-    "admin/campaigns/campaign/<path:object_id>/results/": staff_only(),
-    # The guided campaign builder: a new draft, then its steps.
-    "admin/campaigns/campaign/builder/": staff_only(),
+    "admin/campaigns/campaign/<path:object_id>/results/": staff_only(perm="campaigns.view_campaign"),
+    # The guided campaign builder: a new draft, then its steps. It makes and changes
+    # campaigns and their segments: it needs the rights to all of that.
+    "admin/campaigns/campaign/builder/": staff_only(
+        perm=("campaigns.add_campaign", *SEGMENT_EDITING), all_of=True
+    ),
     "admin/campaigns/campaign/<int:object_id>/builder/": staff_only(
-        superuser=redirect("/admin/campaigns/campaign/")  # to the draft's first open step
+        superuser=redirect("/admin/campaigns/campaign/"),  # to the draft's first open step
+        perm=("campaigns.change_campaign", *SEGMENT_EDITING),
+        all_of=True,
     ),
-    "admin/campaigns/campaign/<int:object_id>/builder/<slug:step>/": staff_only(),
+    "admin/campaigns/campaign/<int:object_id>/builder/<slug:step>/": staff_only(
+        perm=("campaigns.change_campaign", *SEGMENT_EDITING), all_of=True
+    ),
     # The staff panel's own pages: today's work (like the index, for any staff login; each
     # alert only with its permission), a customer's 360° view (customer A).
     "admin/today/": staff_only(staff_no_perms=OK),
-    "admin/customer/<int:customer_id>/360/": staff_only(),
+    "admin/customer/<int:customer_id>/360/": staff_only(
+        perm=("accounts.view_customer", "rewards.view_ledgerentry"), all_of=True
+    ),
     # A device's secret is never shown again, not even to superusers (OTP_ADMIN_HIDE_SENSITIVE_DATA).
     "admin/otp_totp/totpdevice/<int:pk>/config/": staff_only(superuser=FORBIDDEN),
     "admin/otp_totp/totpdevice/<int:pk>/qrcode/": staff_only(superuser=FORBIDDEN),
     # The program's rules are one row: the list leads to it.
-    "admin/rewards/programrules/": staff_only(superuser=redirect("/admin/rewards/programrules/")),
+    "admin/rewards/programrules/": staff_only(
+        superuser=redirect("/admin/rewards/programrules/"),
+        perm=("rewards.view_programrules", "rewards.change_programrules"),
+    ),
     # The integration API: a token, never a session. Bodies are valid, so a token gets in.
     "api/v1/purchases": api(CREATED, method="POST", data=purchase_body),
     "api/v1/purchases/batch": api(OK, method="POST", data=lambda w: {"purchases": [purchase_body(w)]}),
@@ -412,23 +476,53 @@ ADMIN_NO_DELETE = ADMIN_NO_ADD - {
 } | {"rewards.tier"}  # a tier members are in (the world's members are in Bronze)
 
 
-def admin_row(model, view: str, exists: bool = True) -> Row:
-    """Anyone who is not staff goes to the admin's login page; staff without permissions are
-    refused (the index aside); superusers may do all but what the admin itself forbids.
-    With no object to point at (a model the world cannot make), object pages send staff
-    back to the index (Django's history page does so before it checks permissions)."""
+# What each admin view asks of a login that is not a superuser: any of these permissions on
+# the model (Django's ModelAdmin.has_*_permission; the object redirect asks nothing).
+ADMIN_VIEW_NEEDS = {
+    "changelist": ("view", "change"),
+    "change": ("view", "change"),
+    "history": ("view", "change"),
+    "add": ("add",),
+    "delete": ("delete",),
+    "object": (),
+}
+# Beyond the model's own permission, what a ModelAdmin asks of everyone but superusers.
+ADMIN_ALSO_NEEDS = {
+    # Adding an integration creates its API token (IntegrationAdmin.has_add_permission).
+    ("rewards.integration", "add"): roles.CREATE_INTEGRATION_TOKEN,
+}
+
+
+def admin_answer(model, view: str, exists: bool, held: set[str] | None) -> Expect:
+    """The answer of one admin model URL to a staff login holding `held` (None: a superuser)."""
     label = model._meta.label_lower
-    superuser = OK
-    if view == "add" and label in ADMIN_NO_ADD or view == "delete" and label in ADMIN_NO_DELETE:
-        superuser = FORBIDDEN
-    staff_no_perms = FORBIDDEN
+    app_label, model_name = label.split(".")
     if view == "object":
-        superuser = staff_no_perms = redirect("/admin/")
-    elif not exists and view in ("change", "delete", "history"):
-        superuser = ADMIN_INDEX if superuser == OK else superuser
-        if view == "history":
-            staff_no_perms = ADMIN_INDEX
-    return staff_only(superuser=superuser, staff_no_perms=staff_no_perms)
+        return redirect("/admin/")  # Django's redirect to the change page, for any staff login
+    if view == "add" and label in ADMIN_NO_ADD or view == "delete" and label in ADMIN_NO_DELETE:
+        return FORBIDDEN
+    allowed = held is None or (
+        any(f"{app_label}.{verb}_{model_name}" in held for verb in ADMIN_VIEW_NEEDS[view])
+        and ADMIN_ALSO_NEEDS.get((label, view), "") in held | {""}
+    )
+    if not exists and view in ("change", "delete", "history"):
+        # Nothing to point at (a model the world cannot make): those allowed go back to the
+        # index; Django's history page does so before it checks permissions.
+        return ADMIN_INDEX if allowed or view == "history" else FORBIDDEN
+    return OK if allowed else FORBIDDEN
+
+
+def admin_row(model, view: str, exists: bool = True) -> Row:
+    """Anyone who is not staff goes to the admin's login page; a staff login gets what its
+    permissions on the model allow (a role: from ROLE_PERMISSIONS), the index aside;
+    superusers may do all but what the admin itself forbids."""
+    row = staff_only(
+        superuser=admin_answer(model, view, exists, None),
+        staff_no_perms=admin_answer(model, view, exists, set()),
+    )
+    for column, role in ROLE_COLUMNS.items():
+        row.expect[column] = admin_answer(model, view, exists, set(roles.ROLE_PERMISSIONS[role]))
+    return row
 
 
 def admin_model_patterns() -> dict[str, tuple]:
@@ -462,6 +556,7 @@ class World:
     values: dict = field(default_factory=dict)  # URL arguments by name
     route_values: dict = field(default_factory=dict)  # ... and for one route
     admin_objects: dict = field(default_factory=dict)
+    devices: dict = field(default_factory=dict)  # principal → the authenticator it signed in with
 
 
 def _admin_object(model, w: World):
@@ -549,6 +644,10 @@ def world(program):
         SUPERUSER: StaffFactory(username="matrix-admin"),
         STAFF_NO_PERMS: UserFactory(username="matrix-staff", is_staff=True),
     }
+    for column, role in ROLE_COLUMNS.items():
+        user = UserFactory(username=f"matrix-{role.lower().replace(' ', '-')}", is_staff=True)
+        user.groups.add(Group.objects.get(name=role))
+        w.users[column] = user
     integration, w.token = integration_token_create(name="Matrix till")
     purchase_record(
         integration=integration,
@@ -574,6 +673,12 @@ def world(program):
     message = InboxMessage.objects.create(customer=w.a, delivery=None, subject="Hi", body="Hello")
     for model in admin.site._registry:
         w.admin_objects[model._meta.label_lower] = _admin_object(model, w)
+    # The program admin signs in with a code from an enrolled authenticator (required of
+    # program admins in production; the test turns the requirement on for that column). Made
+    # after the admin's objects, whose device stays another login's.
+    w.devices[PROGRAM_ADMIN] = TOTPDevice.objects.create(
+        user=w.users[PROGRAM_ADMIN], name="authenticator", confirmed=True
+    )
     survey = w.admin_objects["analytics.survey"]
     customer_type = ContentType.objects.get_for_model(type(w.a))
     w.values = {
@@ -639,6 +744,11 @@ class Caller:
             self.client.force_login(
                 w.users[self.principal], backend="django.contrib.auth.backends.ModelBackend"
             )
+            device = w.devices.get(self.principal)
+            if device is not None:  # the code was entered (django_otp.login)
+                session = self.client.session
+                session[DEVICE_ID_SESSION_KEY] = device.persistent_id
+                session.save()
             self.signed_in = True
         if route.endswith("logout/"):
             self.signed_in = False  # signed in again for the next row
@@ -695,7 +805,8 @@ def test_every_row_covers_every_column():
 
 
 @pytest.mark.parametrize("principal", PRINCIPALS)
-def test_who_may_do_what(principal, world):
+def test_who_may_do_what(principal, world, settings):
+    settings.STAFF_2FA_REQUIRED_FOR_PROGRAM_ADMINS = principal == PROGRAM_ADMIN
     rows = matrix(world)
     caller = Caller(principal, world)
     wrong = []
@@ -708,3 +819,26 @@ def test_who_may_do_what(principal, world):
         if problem:
             wrong.append(f"{row.method} {path}  [{pattern.route}]: {problem}")
     assert not wrong, f"{principal}: {len(wrong)} answer(s) not as the matrix says:\n" + "\n".join(wrong)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("column", [STAFF_NO_PERMS, *ROLE_COLUMNS])
+def test_the_analytics_settings_row_is_added_only_with_the_permission(client, column):
+    """The world always has the settings row, so the matrix sees only "no second row"; before
+    the first, its add page asked no permission of any staff login."""
+    from analytics.models import AnalyticsSettings
+    from tests.factories import UserFactory
+
+    AnalyticsSettings.objects.all().delete()
+    user = UserFactory(username="settings-probe", is_staff=True)
+    held: set[str] = set()
+    if column in ROLE_COLUMNS:
+        user.groups.add(Group.objects.get(name=ROLE_COLUMNS[column]))
+        held = set(roles.ROLE_PERMISSIONS[ROLE_COLUMNS[column]])
+    client.force_login(user)
+
+    response = client.post("/admin/analytics/analyticssettings/add/", {"margin": "0.3"})
+
+    may = "analytics.add_analyticssettings" in held
+    assert response.status_code == (200 if may else 403)
+    assert not AnalyticsSettings.objects.exists()
