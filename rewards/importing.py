@@ -54,6 +54,8 @@ CHUNK_SIZE = 5_000
 MAX_LINE_LENGTH = 1_048_576
 # Clocks of tills drift; anything later than this is a typo in the year.
 FUTURE_TOLERANCE = dt.timedelta(days=1)
+# Anything earlier is a typo in the year too (the API refuses it as well).
+OLDEST_MOMENT = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 # Purchase.amount holds 12 digits, 2 of them decimals.
 AMOUNT_LIMIT = Decimal("1E10")
 # Customer ref → (id, enrolled_at) remembered across chunks of a history import.
@@ -79,8 +81,21 @@ CUSTOMER_COLUMNS_OPTIONAL = (
 
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
-# Bytes the encoding cannot decode arrive as lone surrogates (errors="surrogateescape").
+# Bytes the encoding cannot decode arrive as lone surrogates (errors=_DECODE_ERRORS).
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
+def _undecodable(exc: UnicodeError) -> tuple[str, int]:
+    """Like "surrogateescape", which gives up (UnicodeDecodeError) on bytes below 0x80, as a
+    broken UTF-16 pair has: every undecodable byte becomes a lone surrogate, so that the
+    line is reported as bad instead of the import stopping."""
+    if not isinstance(exc, UnicodeDecodeError):
+        raise exc
+    return "".join(chr(0xDC80 | (byte & 0x7F)) for byte in exc.object[exc.start : exc.end]), exc.end
+
+
+_DECODE_ERRORS = "rewards-import-undecodable"
+codecs.register_error(_DECODE_ERRORS, _undecodable)
 # What json.dumps (ensure_ascii, as services.request_hash uses it) makes of a string.
 _json_string = json.encoder.encode_basestring_ascii
 
@@ -127,13 +142,20 @@ class ImportReport:
 # --- Reading ------------------------------------------------------------------------
 
 
+NUL_IN_LINE = "contains a NUL character"
+
+
 class _Lines:
     """The lines of a text stream, counted, for csv.reader.
 
     A line longer than `max_length` characters is read in pieces and dropped (csv
-    sees an empty line); a line holding bytes the encoding could not decode passes
-    through. Both are noted in `bad` (line number → reason) for the row that spans
-    them to be reported.
+    sees an empty line); a line holding bytes the encoding could not decode, or a NUL
+    character (which PostgreSQL refuses in text), passes through. All are noted in
+    `bad` (line number → reason) for the row that spans them to be reported.
+
+    The lines of the record being read are kept (up to 3 × `max_length` characters)
+    so that a record that turns out broken, typically by a quote that is never closed
+    and swallowed the lines after it, can have those lines read again (`reread_after`).
     """
 
     def __init__(self, stream: TextIO, *, max_length: int, encoding: str):
@@ -142,25 +164,97 @@ class _Lines:
         self.encoding = encoding
         self.number = 0
         self.bad: dict[int, str] = {}
+        self._record: list[tuple[int, str, str | None]] = []  # (number, line, bad reason)
+        self._record_chars = 0
+        self._record_whole = True
+        self._again: list[tuple[int, str, str | None]] = []  # to read again, last first
 
-    def __iter__(self) -> Iterator[str]:
+    def record_start(self) -> None:
+        """A new record begins: forget the lines of the last one."""
+        self._record.clear()
+        self._record_chars = 0
+        self._record_whole = True
+
+    def reread_after(self, number: int) -> bool:
+        """Read the lines of this record after line `number` again, as new records. False
+        (nothing to read again) when the record was too long to keep."""
+        if not self._record_whole:
+            return False
+        again = [entry for entry in self._record if entry[0] > number]
+        if not again:
+            return False
+        self._again.extend(reversed(again))
+        self.number = number
+        self.bad.clear()
+        self.record_start()
+        return True
+
+    def _keep(self, number: int, line: str, reason: str | None) -> None:
+        if self._record_whole:
+            self._record_chars += len(line)
+            # A record that is one field over the csv module's limit (max_length) plus
+            # the rest of its first and last lines still fits: that is where csv stops.
+            if self._record_chars > 3 * self.max_length:
+                self._record_whole = False
+                self._record.clear()
+            else:
+                self._record.append((number, line, reason))
+
+    # An iterator, not a generator: after the end of the file it can still give the lines
+    # to read again (a generator that returned stays finished).
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        if self._again:
+            self.number, line, reason = self._again.pop()
+            if reason is not None:
+                self.bad[self.number] = reason
+            self._keep(self.number, line, reason)
+            return line
         readline = self.stream.readline
         limit = self.max_length
-        while True:
-            line = readline(limit)
-            if not line:
-                return
-            self.number += 1
-            if len(line) >= limit and line[-1] not in "\r\n":
-                while line and line[-1] not in "\r\n":
-                    line = readline(limit)
-                self.bad[self.number] = f"line longer than {limit:,} characters"
-                yield "\n"
-                continue
-            # isascii() is O(1) on CPython: the search runs only on lines with other characters.
-            if not line.isascii() and _UNDECODABLE.search(line):
-                self.bad[self.number] = f"not valid {self.encoding} text (try --encoding)"
-            yield line
+        line = readline(limit)
+        if not line:
+            raise StopIteration
+        self.number += 1
+        reason = None
+        if len(line) >= limit and line[-1] not in "\r\n":
+            while line and line[-1] not in "\r\n":
+                line = readline(limit)
+            reason = f"line longer than {limit:,} characters"
+            line = "\n"
+        # isascii() is O(1) on CPython: the search runs only on lines with other characters.
+        elif not line.isascii() and _UNDECODABLE.search(line):
+            reason = f"not valid {self.encoding} text (try --encoding)"
+        elif "\x00" in line:
+            reason = NUL_IN_LINE
+        if reason is not None:
+            self.bad[self.number] = reason
+        self._keep(self.number, line, reason)
+        return line
+
+
+_BOMS = [  # longest first: a UTF-32 LE mark starts with the UTF-16 LE one
+    (codecs.BOM_UTF32_LE, "utf-32", ("utf-32", "utf-32-le")),
+    (codecs.BOM_UTF32_BE, "utf-32", ("utf-32", "utf-32-be")),
+    (codecs.BOM_UTF8, "utf-8", ("utf-8", "utf-8-sig")),
+    (codecs.BOM_UTF16_LE, "utf-16", ("utf-16", "utf-16-le")),
+    (codecs.BOM_UTF16_BE, "utf-16", ("utf-16", "utf-16-be")),
+]
+
+
+def _encoding_check(start: bytes, *, codec: str, encoding: str) -> None:
+    """A file that begins with a byte order mark says its encoding: refuse another one
+    (with it every line would be bad, or the header unreadable) and name the right one."""
+    for bom, name, fitting in _BOMS:
+        if start.startswith(bom):
+            if codec not in fitting:
+                raise ImportFileError(
+                    f"The file starts with a {name.upper()} byte order mark but is read as {encoding}: "
+                    f"import it with --encoding {name}."
+                )
+            return
 
 
 @dataclass
@@ -186,21 +280,26 @@ def _csv_open(
     byte order mark is ignored. Unknown columns are listed in `report.ignored_columns`.
     """
     try:
-        codecs.lookup(encoding)
+        codec = codecs.lookup(encoding).name
     except LookupError:
         raise ImportFileError(f"Unknown encoding {encoding!r}.") from None
     previous_limit = csv.field_size_limit(max_line_length)
     try:
         with open(path, "rb") as raw:
-            text = io.TextIOWrapper(raw, encoding=encoding, errors="surrogateescape", newline="")
+            _encoding_check(raw.peek(4)[:4], codec=codec, encoding=encoding)
+            text = io.TextIOWrapper(raw, encoding=encoding, errors=_DECODE_ERRORS, newline="")
             lines = _Lines(text, max_length=max_line_length, encoding=encoding)
             reader = csv.reader(lines)
+            lines.record_start()
             try:
                 header = next(reader, None)
             except csv.Error as exc:
                 raise ImportFileError(f"The header line cannot be read: {exc}.") from None
             if lines.bad:
-                raise ImportFileError(f"The header line cannot be read: {next(iter(lines.bad.values()))}.")
+                reason = next(iter(lines.bad.values()))
+                if reason == NUL_IN_LINE:
+                    reason += " (a UTF-16 file? try --encoding utf-16)"
+                raise ImportFileError(f"The header line cannot be read: {reason}.")
             if not header:
                 raise ImportFileError("The file is empty: a header line naming the columns is needed.")
             names = [name.strip().lower() for name in header]
@@ -224,10 +323,20 @@ def _csv_open(
         csv.field_size_limit(previous_limit)
 
 
+def _reread(start: int, end: int) -> str:
+    """Said of a broken record that ran from line `start` to `end`, whose later lines are read again."""
+    lines = f"line {end}" if end == start + 1 else f"lines {start + 1}–{end}"
+    return f"{lines} read again as rows of their own"
+
+
 def _csv_rows(reader, lines: _Lines, *, width: int) -> Iterator[tuple[int, list[str]] | BadRow]:
+    """(line, fields) of each good row, a BadRow for each other. A broken row that ran over
+    several lines (a quote never closed swallows the lines after it) is reported on its
+    first line and the lines after that are read again, so the good rows among them go in."""
     end = lines.number
     while True:
         start = end + 1
+        lines.record_start()
         try:
             fields = next(reader)
         except StopIteration:
@@ -237,7 +346,11 @@ def _csv_rows(reader, lines: _Lines, *, width: int) -> Iterator[tuple[int, list[
                 raise ImportFileError(f"Line {start}: the file cannot be read further ({exc}).") from None
             end = lines.number
             lines.bad.clear()
-            yield BadRow(start, f"unreadable CSV: {exc}")
+            reason = f"unreadable CSV: {exc}"
+            if end > start and lines.reread_after(start):
+                reason = f"{reason}; {_reread(start, end)}"
+                end = start
+            yield BadRow(start, reason)
             continue
         end = lines.number
         if lines.bad:
@@ -249,7 +362,12 @@ def _csv_rows(reader, lines: _Lines, *, width: int) -> Iterator[tuple[int, list[
         if not fields:
             continue
         if len(fields) != width and (len(fields) < width or any(fields[width:])):
-            yield BadRow(start, f"expected {width} fields, found {len(fields)}", tuple(fields))
+            reason = f"expected {width} fields, found {len(fields)}"
+            if end > start and lines.reread_after(start):
+                # Most often a quote never closed, which swallowed the lines after it.
+                reason = f'{reason}, over several lines (a quote (") not closed?); {_reread(start, end)}'
+                end = start
+            yield BadRow(start, reason, tuple(fields))
             continue
         yield start, fields
 
@@ -352,10 +470,14 @@ def _moment_parse(text: str, *, what: str, tz: ZoneInfo, latest: dt.datetime) ->
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=tz)
         moment = moment.astimezone(dt.UTC)
-    except (ValueError, OverflowError):
+    except ValueError:
         raise _BadValue(f"{what} is not a date (YYYY-MM-DD) or ISO 8601 datetime: {_short(text)}") from None
+    except OverflowError:  # year 1 or 9999 moved across midnight by its offset
+        raise _BadValue(f"{what} is out of range: {_short(text)}") from None
     if moment > latest:
         raise _BadValue(f"{what} is more than a day in the future: {_short(text)}")
+    if moment < OLDEST_MOMENT:
+        raise _BadValue(f"{what} is before 2000-01-01 (a typo in the year?): {_short(text)}")
     return moment
 
 
