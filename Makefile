@@ -6,7 +6,7 @@ PY := $(BIN)/python
 DEMO_ENV := DJANGO_SETTINGS_MODULE=loyalty_site.settings.dev PATH="$(CURDIR)/$(BIN):$$PATH"
 TEST_ENV := DJANGO_SETTINGS_MODULE=loyalty_site.settings.test
 
-.PHONY: demo test lint format messages translations venv clean bench fuzz audit
+.PHONY: demo test lint format messages translations venv clean bench bench-analytics fuzz audit
 
 # The environment is rebuilt when a requirements file changes.
 $(BIN)/.installed: requirements.txt requirements-dev.txt
@@ -49,6 +49,13 @@ messages: venv
 # (bench/RESULTS.md). Options: make bench BENCH_ARGS="--scenarios customers --reuse-db".
 bench: venv
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# Benchmark of the analytics (issue 5; PostgreSQL and Redis on 127.0.0.1; about 15 minutes):
+# seeds loyalty_bench_analytics with 1,000,000 customers and 10,000,000 purchases, measures the
+# full refresh, the incremental update and the model fits against the pandas reference, prints
+# the figures as JSON (bench/RESULTS.md). Options: make bench-analytics BENCH_ARGS="--reuse-db".
+bench-analytics: venv
+	$(PY) bench/analytics.py $(BENCH_ARGS)
 
 # A longer fuzzing session of the integration API from its OpenAPI schema (schemathesis;
 # the suite runs a short one): FUZZ_EXAMPLES per operation and a new seed each time, printed
