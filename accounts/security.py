@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core.cache import cache
 from django.utils.crypto import salted_hmac
+from django.utils.translation import gettext as _
 
 
 def client_ip(request) -> str | None:
@@ -64,3 +65,24 @@ def rate_limits_hit(*checks: tuple[Limit, str | None]) -> int | None:
     wait of those exceeded, or None."""
     waits = [rate_limit_hit(limit, key) for limit, key in checks if key]
     return max((w for w in waits if w is not None), default=None)
+
+
+# Joining sends a confirmation mail, as the reset and the resend do (their limits are in
+# accounts/views.py). Per network as generous as a reset: a shop's tablet may sign up a queue
+# of customers from one address. The portal's sign-up view calls this.
+SIGNUP_PER_ADDRESS = Limit("signup:address", 5, 3600)
+SIGNUP_PER_IP = Limit("signup:ip", 20, 3600)
+
+
+def signup_rate_limit(request, *, email: str) -> tuple[int, str] | None:
+    """Count a sign-up about to send a confirmation mail to `email`, per address and per
+    network. None while within the limits; past one, (seconds until it ends, the message to
+    show next to the email field). Counted whatever becomes of the address, and open when
+    the cache does not answer, like the reset."""
+    wait = rate_limits_hit((SIGNUP_PER_ADDRESS, email.lower()), (SIGNUP_PER_IP, client_ip(request)))
+    if wait is None:
+        return None
+    return wait, _(
+        "Too many sign-ups for this address or from your network. Please try again in an hour; "
+        "if you have joined already, look for our confirmation mail or log in."
+    )

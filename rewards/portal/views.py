@@ -22,6 +22,7 @@ from django.views.decorators.http import require_POST
 from accounts.decorators import customer_required
 from accounts.middleware import member_customer
 from accounts.models import User
+from accounts.security import signup_rate_limit
 from accounts.services import (
     CONFIRMATION_NOT_SENT,
     confirmation_email_send,
@@ -70,6 +71,13 @@ def signup(request):
     form = SignupForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
+        limited = signup_rate_limit(request, email=data["email"])
+        if limited is not None:
+            wait, message = limited
+            form.add_error("email", message)
+            response = render(request, "rewards/portal/signup.html", {"form": form}, status=429)
+            response["Retry-After"] = str(wait)
+            return response
         try:
             if data["card_number"]:
                 return _signup_link_card(request, data)
