@@ -153,9 +153,9 @@ class _Lines:
     character (which PostgreSQL refuses in text), passes through. All are noted in
     `bad` (line number → reason) for the row that spans them to be reported.
 
-    The lines of the record being read are kept (up to 3 × `max_length` characters)
-    so that a record that turns out broken, typically by a quote that is never closed
-    and swallowed the lines after it, can have those lines read again (`reread_after`).
+    The lines of a record that runs over several lines are kept (up to 3 × `max_length`
+    characters) so that one that turns out broken, typically by a quote that is never
+    closed and swallowed the lines after it, can have them read again (`reread_after`).
     """
 
     def __init__(self, stream: TextIO, *, max_length: int, encoding: str):
@@ -164,75 +164,67 @@ class _Lines:
         self.encoding = encoding
         self.number = 0
         self.bad: dict[int, str] = {}
-        self._record: list[tuple[int, str, str | None]] = []  # (number, line, bad reason)
-        self._record_chars = 0
-        self._record_whole = True
+        self._record_lines = 0  # lines of the record being read, so far
+        self._later: list[tuple[int, str, str | None]] = []  # its lines after the first one
+        self._later_chars = 0
         self._again: list[tuple[int, str, str | None]] = []  # to read again, last first
 
     def record_start(self) -> None:
         """A new record begins: forget the lines of the last one."""
-        self._record.clear()
-        self._record_chars = 0
-        self._record_whole = True
+        self._record_lines = 0
+        if self._later:
+            self._later = []
+            self._later_chars = 0
 
     def reread_after(self, number: int) -> bool:
-        """Read the lines of this record after line `number` again, as new records. False
-        (nothing to read again) when the record was too long to keep."""
-        if not self._record_whole:
+        """Read the lines of this record after its first one (line `number`) again, as new
+        records; the caller reads them with a new csv reader. False when there is nothing
+        to read again, or the record was too long to keep."""
+        if not self._later or self._later_chars > 3 * self.max_length:
             return False
-        again = [entry for entry in self._record if entry[0] > number]
-        if not again:
-            return False
-        self._again.extend(reversed(again))
+        self._again.extend(reversed(self._later))
         self.number = number
         self.bad.clear()
         self.record_start()
         return True
 
-    def _keep(self, number: int, line: str, reason: str | None) -> None:
-        if self._record_whole:
-            self._record_chars += len(line)
-            # A record that is one field over the csv module's limit (max_length) plus
-            # the rest of its first and last lines still fits: that is where csv stops.
-            if self._record_chars > 3 * self.max_length:
-                self._record_whole = False
-                self._record.clear()
-            else:
-                self._record.append((number, line, reason))
+    def _keep(self, line: str, reason: str | None) -> None:
+        # A record that is one field over the csv module's limit (max_length) plus the rest
+        # of its first and last lines still fits: that is where csv stops.
+        if self._later_chars <= 3 * self.max_length:
+            self._later_chars += len(line)
+            self._later.append((self.number, line, reason))
 
-    # An iterator, not a generator: after the end of the file it can still give the lines
-    # to read again (a generator that returned stays finished).
-    def __iter__(self) -> _Lines:
-        return self
-
-    def __next__(self) -> str:
-        if self._again:
-            self.number, line, reason = self._again.pop()
-            if reason is not None:
-                self.bad[self.number] = reason
-            self._keep(self.number, line, reason)
-            return line
+    def __iter__(self) -> Iterator[str]:
         readline = self.stream.readline
         limit = self.max_length
-        line = readline(limit)
-        if not line:
-            raise StopIteration
-        self.number += 1
-        reason = None
-        if len(line) >= limit and line[-1] not in "\r\n":
-            while line and line[-1] not in "\r\n":
+        while True:
+            if self._again:
+                self.number, line, reason = self._again.pop()
+                if reason is not None:
+                    self.bad[self.number] = reason
+            else:
                 line = readline(limit)
-            reason = f"line longer than {limit:,} characters"
-            line = "\n"
-        # isascii() is O(1) on CPython: the search runs only on lines with other characters.
-        elif not line.isascii() and _UNDECODABLE.search(line):
-            reason = f"not valid {self.encoding} text (try --encoding)"
-        elif "\x00" in line:
-            reason = NUL_IN_LINE
-        if reason is not None:
-            self.bad[self.number] = reason
-        self._keep(self.number, line, reason)
-        return line
+                if not line:
+                    return
+                self.number += 1
+                reason = None
+                if len(line) >= limit and line[-1] not in "\r\n":
+                    while line and line[-1] not in "\r\n":
+                        line = readline(limit)
+                    reason = f"line longer than {limit:,} characters"
+                    line = "\n"
+                # isascii() is O(1) on CPython: the search runs only on lines with other characters.
+                elif not line.isascii() and _UNDECODABLE.search(line):
+                    reason = f"not valid {self.encoding} text (try --encoding)"
+                elif "\x00" in line:
+                    reason = NUL_IN_LINE
+                if reason is not None:
+                    self.bad[self.number] = reason
+            self._record_lines += 1
+            if self._record_lines > 1:  # a record over several lines: kept to read again
+                self._keep(line, reason)
+            yield line
 
 
 _BOMS = [  # longest first: a UTF-32 LE mark starts with the UTF-16 LE one
@@ -350,6 +342,7 @@ def _csv_rows(reader, lines: _Lines, *, width: int) -> Iterator[tuple[int, list[
             if end > start and lines.reread_after(start):
                 reason = f"{reason}; {_reread(start, end)}"
                 end = start
+                reader = csv.reader(lines)
             yield BadRow(start, reason)
             continue
         end = lines.number
@@ -367,6 +360,9 @@ def _csv_rows(reader, lines: _Lines, *, width: int) -> Iterator[tuple[int, list[
                 # Most often a quote never closed, which swallowed the lines after it.
                 reason = f'{reason}, over several lines (a quote (") not closed?); {_reread(start, end)}'
                 end = start
+                # A new reader, over lines that start with those to read again (the old one
+                # may have met the end of the file).
+                reader = csv.reader(lines)
             yield BadRow(start, reason, tuple(fields))
             continue
         yield start, fields
