@@ -4,14 +4,17 @@ Guarantees shared by both imports:
 
 - Streaming: a file is read line by line through the csv module and written in
   chunks of `chunk_size` rows; memory does not grow with the file.
-- One bad row never stops the run: a line that cannot be decoded, a line longer
-  than `max_line_length` characters, a row with the wrong number of fields or an
-  invalid value becomes a `BadRow` (its first line number and the reason), handed
-  to `on_bad_row`; the good rows go in.
+- One bad row never stops the run: a line that cannot be decoded, a line with a NUL
+  character, a line longer than `max_line_length` characters, a row with the wrong
+  number of fields or an invalid value becomes a `BadRow` (its first line number and
+  the reason), handed to `on_bad_row`; the good rows go in. A broken row that ran over
+  several lines (a quote never closed) is reported on its first line and the lines
+  after it are read again, so that it swallows no good row.
 - Idempotent: importing the same file again adds nothing. Each chunk commits on its
   own, so an interrupted run is completed by running it again.
-- A file that cannot be imported at all (unknown encoding, no header, a required
-  column missing) raises `ImportFileError` before anything is written.
+- A file that cannot be imported at all (unknown encoding, a byte order mark of another
+  encoding, no header, a required column missing) raises `ImportFileError` before
+  anything is written.
 """
 
 from __future__ import annotations
