@@ -102,17 +102,17 @@ FAILURE_CODES = {
 }
 
 
-def integration_failure_record(request, *, code: str, message: str) -> None:
+def integration_failure_record(request, *, code: str, message: str) -> bool:
     """Count a failed call against the integration that made it (Integration.failed_calls,
     last_failure_at, last_failure), for the staff dashboard's alert. One UPDATE; never lets
-    the bookkeeping break the error answer itself."""
+    the bookkeeping break the error answer itself. False when the database was unavailable."""
     from .models import Integration
 
     integration = getattr(request, "_auth", None)  # set once authentication ran; no second try
     if not isinstance(integration, Integration) or code not in FAILURE_CODES:
-        return
+        return True
     if transaction.get_connection().needs_rollback:
-        return
+        return True
     try:
         with transaction.atomic():
             Integration.objects.filter(pk=integration.pk).update(
@@ -120,8 +120,10 @@ def integration_failure_record(request, *, code: str, message: str) -> None:
                 last_failure_at=timezone.now(),
                 last_failure=f"{code}: {message}"[:200],
             )
-    except DatabaseError:
+    except DatabaseError as exc:
         logger.warning("could not record a failed call of integration %s", integration.pk, exc_info=True)
+        return not database_unavailable(exc)
+    return True
 
 
 def api_exception_handler(exc, context):
@@ -129,10 +131,18 @@ def api_exception_handler(exc, context):
     if not database_unavailable(exc):
         request = context.get("request")
         if response is None:
-            integration_failure_record(request, code="server_error", message=exc.__class__.__name__)
+            name = exc.__class__.__name__
+            recorded = integration_failure_record(request, code="server_error", message=name)
         elif isinstance(response.data, dict) and "error" in response.data:
             error = response.data["error"]
-            integration_failure_record(request, code=error["code"], message=error["message"])
+            recorded = integration_failure_record(request, code=error["code"], message=error["message"])
+        else:
+            recorded = True
+        if not recorded:
+            # The token is known from memory (rewards.authentication), so a bad request can
+            # get this far with the database gone. Answer as every other request does then:
+            # 503, retry later (the retry will hear what was wrong with it).
+            return _api_exception_response(OperationalError("database unavailable"), context)
     return response
 
 
