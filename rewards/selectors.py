@@ -79,9 +79,46 @@ def promotions_in_force(*, customer_id: int, at: dt.datetime) -> list[tuple[str,
     return list(rows)
 
 
-def earn_context_get(*, customer: Customer, tier: Tier | None, at: dt.datetime) -> EarnContext:
+# promotions_in_force as one scalar subquery (a JSON array of [name, multiplier]), for the
+# purchase path to read with the lock on the member's account in one round trip. Parameters:
+# %(customer)s and %(at)s.
+PROMOTIONS_IN_FORCE_SQL = """
+    SELECT COALESCE(json_agg(json_build_array(pr.name, pr.multiplier::text)), '[]'::json)
+    FROM (
+        SELECT DISTINCT p.name, p.multiplier FROM rewards_promotion p
+        WHERE p.is_active AND p.starts_at <= %(at)s AND p.ends_at > %(at)s
+          AND (
+            NOT EXISTS (SELECT 1 FROM rewards_promotion_customers pc WHERE pc.promotion_id = p.id)
+            OR EXISTS (
+                SELECT 1 FROM rewards_promotion_customers pc
+                WHERE pc.promotion_id = p.id AND pc.customer_id = %(customer)s
+            )
+          )
+    ) pr
+"""
+
+
+def tier_get(tier_id: int) -> Tier:
+    """A tier by id from the cached program (a tier added in another process: from the database)."""
+    for tier in program_get()["tiers"]:
+        if tier.pk == tier_id:
+            return tier
+    return Tier.objects.get(pk=tier_id)
+
+
+def earn_context_get(
+    *,
+    customer: Customer,
+    tier: Tier | None,
+    at: dt.datetime,
+    promotions: list[tuple[str, Decimal]] | None = None,
+) -> EarnContext:
+    """What the rules need for this member at `at`; `promotions` when the caller already read
+    them (the purchase path reads them with its lock)."""
     program = program_get()
     rules = program["rules"]
+    if promotions is None:
+        promotions = promotions_in_force(customer_id=customer.pk, at=at) if customer.is_member else []
     return EarnContext(
         points_per_unit=rules.points_per_unit,
         minimum_spend=rules.minimum_spend,
@@ -89,7 +126,7 @@ def earn_context_get(*, customer: Customer, tier: Tier | None, at: dt.datetime) 
         # The base name is stored with the entry; pages render it in the reader's language.
         tier_name=tier.name if tier else None,
         tier_multiplier=tier.multiplier if tier else Decimal("1"),
-        promotions=promotions_in_force(customer_id=customer.pk, at=at) if customer.is_member else (),
+        promotions=promotions if customer.is_member else (),
         is_member=customer.is_member,
     )
 
@@ -100,6 +137,37 @@ def qualifying_spend(*, customer_id: int, as_of: dt.datetime) -> Decimal:
         customer_id=customer_id, occurred_at__gt=as_of - dt.timedelta(days=365), occurred_at__lte=as_of
     ).aggregate(total=Sum(F("amount") - F("refunded_amount")))["total"]
     return total or Decimal("0")
+
+
+def customer_standing_get(*, external_ref: str, expiring_within_days: int = 30) -> Customer | None:
+    """The customer with what the API's customer read shows, in one query: `account_balance`
+    and `account_tier_id` (None for a shopper without an account), `qualifying_spend_now`
+    (net spend of the last 365 days) and `points_expiring_soon` (left on lots expiring within
+    the given days). The same figures as qualifying_spend and points_expiring."""
+    now = timezone.now()
+    rows = Customer.objects.raw(
+        """
+        SELECT c.*, a.balance AS account_balance, a.tier_id AS account_tier_id,
+               CASE WHEN a.customer_id IS NOT NULL THEN (
+                   SELECT COALESCE(SUM(p.amount - p.refunded_amount), 0) FROM rewards_purchase p
+                   WHERE p.customer_id = c.id AND p.occurred_at > %(spend_from)s AND p.occurred_at <= %(now)s
+               ) END AS qualifying_spend_now,
+               CASE WHEN a.customer_id IS NOT NULL THEN (
+                   SELECT COALESCE(SUM(l.remaining), 0) FROM rewards_pointslot l
+                   WHERE l.account_id = c.id AND l.remaining > 0 AND l.expires_at IS NOT NULL
+                     AND l.expires_at <= %(expiring_until)s
+               ) END AS points_expiring_soon
+        FROM accounts_customer c LEFT JOIN rewards_pointsaccount a ON a.customer_id = c.id
+        WHERE c.external_ref = %(ref)s
+        """,
+        {
+            "ref": external_ref,
+            "now": now,
+            "spend_from": now - dt.timedelta(days=365),
+            "expiring_until": now + dt.timedelta(days=expiring_within_days),
+        },
+    )
+    return next(iter(rows), None)
 
 
 def tier_progress(*, account: PointsAccount, spend: Decimal) -> dict:

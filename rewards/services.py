@@ -19,13 +19,13 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q, Sum
 from django.utils import timezone
 
 from accounts.models import Customer
 
-from . import rules
+from . import rules, selectors
 from .errors import (
     Conflict,
     DomainError,
@@ -44,12 +44,11 @@ from .models import (
     PointsAccount,
     PointsLot,
     Purchase,
-    PurchaseLine,
     Redemption,
     Refund,
     Reward,
 )
-from .selectors import earn_context_get, program_get, qualifying_spend, tier_lowest
+from .selectors import program_get, qualifying_spend, tier_lowest
 
 Kind = LedgerEntry.Kind
 
@@ -218,7 +217,11 @@ def customer_get_or_create(*, external_ref: str, defaults: dict | None = None) -
     Safe under concurrency: a concurrent creation of the same ref is caught by the
     unique constraint and the existing row is returned.
     """
-    customer = Customer.objects.filter(external_ref=external_ref).first()
+    # Raw: the hot path of every purchase, and the ORM's query compilation cost more than the query.
+    customer = next(
+        iter(Customer.objects.raw("SELECT * FROM accounts_customer WHERE external_ref = %s", [external_ref])),
+        None,
+    )
     if customer:
         return customer, False
     try:
@@ -282,7 +285,11 @@ class PurchaseResult:
 
 
 def _purchase_existing(integration: Integration, external_id: str, fingerprint: str) -> PurchaseResult | None:
-    existing = Purchase.objects.filter(integration=integration, external_id=external_id).first()
+    existing = (
+        Purchase.objects.select_related("customer")
+        .filter(integration=integration, external_id=external_id)
+        .first()
+    )
     if existing is None:
         return None
     if existing.request_hash != fingerprint:
@@ -318,9 +325,6 @@ def purchase_record(
             "enroll": bool(enroll),
         }
     )
-    replay = _purchase_existing(integration, external_id, fingerprint)
-    if replay:
-        return replay
     try:
         return _purchase_record(
             integration=integration,
@@ -335,11 +339,80 @@ def purchase_record(
             fingerprint=fingerprint,
         )
     except IntegrityError:
-        # A concurrent request recorded the same purchase first.
+        # A concurrent request created the same customer or entry first.
         replay = _purchase_existing(integration, external_id, fingerprint)
         if replay:
             return replay
         raise
+
+
+# A constant (no input in it): the values go as parameters.
+_MEMBER_LOCK_SQL = f"""
+SELECT a.balance, a.tier_id, ({selectors.PROMOTIONS_IN_FORCE_SQL})
+FROM rewards_pointsaccount a WHERE a.customer_id = %(customer)s
+FOR UPDATE OF a
+"""  # noqa: S608
+
+
+def _member_lock(customer_id: int, *, at: dt.datetime) -> tuple[PointsAccount, list[tuple[str, Decimal]]]:
+    """Lock the member's account row and read the promotions in force for them at `at`, in one
+    round trip. The tier comes from the program's cached tiers (see selectors.program_get)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_MEMBER_LOCK_SQL, {"customer": customer_id, "at": at})
+        row = cursor.fetchone()
+    if row is None:
+        raise NotAMember("This customer is not a member of the loyalty program.")
+    balance, tier_id, promotions = row
+    account = PointsAccount(customer_id=customer_id, balance=balance, tier_id=tier_id)
+    if tier_id is not None:
+        account.tier = selectors.tier_get(tier_id)
+    return account, [(name, Decimal(multiplier)) for name, multiplier in promotions or []]
+
+
+# One statement writes a purchase with its lines, the earn entry, the entry's lot and the new
+# balance (data-modifying CTEs), and reads the member's qualifying spend. The purchase goes in
+# with ON CONFLICT DO NOTHING on (integration, external_id): when a twin got there first, `p`
+# is empty and so is everything that hangs off it, and the caller answers with the twin.
+_PURCHASE_WRITE_SQL = """
+WITH p AS (
+    INSERT INTO rewards_purchase (
+        integration_id, external_id, customer_id, amount, currency, occurred_at, refunded_amount,
+        points_earned, points_clawed_back, was_member, request_hash, balance_after, explanation, created_at
+    ) VALUES (
+        %(integration)s, %(external_id)s, %(customer)s, %(amount)s, %(currency)s, %(occurred_at)s, 0,
+        %(points)s, 0, %(was_member)s, %(hash)s, %(balance_after)s, %(explanation)s::jsonb, %(now)s
+    )
+    ON CONFLICT (integration_id, external_id) DO NOTHING
+    RETURNING id
+), l AS (
+    INSERT INTO rewards_purchaseline (purchase_id, sku, category, quantity, amount)
+    SELECT p.id, x.sku, x.category, x.quantity, x.amount
+    FROM p, unnest(
+        %(skus)s::varchar[], %(categories)s::varchar[], %(quantities)s::numeric[], %(amounts)s::numeric[]
+    ) AS x (sku, category, quantity, amount)
+), e AS (
+    INSERT INTO rewards_ledgerentry (
+        account_id, kind, points, balance_after, created_at, idempotency_key, explanation, reason, purchase_id
+    )
+    SELECT %(customer)s, %(kind)s, %(points)s, %(balance_after)s, %(earned_at)s::timestamptz,
+           'purchase:' || p.id || ':earn', %(entry_explanation)s::jsonb, '', p.id
+    FROM p WHERE %(credit)s
+    RETURNING id
+), lot AS (
+    INSERT INTO rewards_pointslot (account_id, entry_id, points, remaining, earned_at, expires_at)
+    SELECT %(customer)s, e.id, %(lot_points)s, %(lot_points)s, %(earned_at)s::timestamptz,
+           %(expires_at)s::timestamptz
+    FROM e WHERE %(lot_points)s > 0
+), a AS (
+    UPDATE rewards_pointsaccount SET balance = %(balance_after)s, updated_at = %(now)s
+    WHERE customer_id = %(customer)s AND EXISTS (SELECT 1 FROM e)
+)
+SELECT (SELECT id FROM p), (SELECT id FROM e),
+       CASE WHEN %(spend)s THEN (
+           SELECT COALESCE(SUM(amount - refunded_amount), 0) FROM rewards_purchase
+           WHERE customer_id = %(customer)s AND occurred_at > %(spend_from)s AND occurred_at <= %(as_of)s
+       ) END
+"""
 
 
 @transaction.atomic
@@ -359,75 +432,119 @@ def _purchase_record(
     customer, _created = customer_get_or_create(external_ref=customer_ref)
     if enroll and not customer.is_member:
         customer, _ = customer_enroll(customer=customer, at=min(occurred_at, timezone.now()))
-    account = None
+    account, promotions = (None, [])
     if customer.is_member:
-        account = _account_lock(customer.pk)
-        # Re-check under the lock: a concurrent twin may have committed meanwhile.
-        replay = _purchase_existing(integration, external_id, fingerprint)
-        if replay:
-            return replay
+        # Twins of this purchase wait here; the insert below then finds the first one's row.
+        account, promotions = _member_lock(customer.pk, at=occurred_at)
     earn = None
     if account is not None and award_points:
-        ctx = earn_context_get(customer=customer, tier=account.tier, at=occurred_at)
         earn = rules.purchase_points(
             amount=amount,
             lines=[
                 rules.Line(str(line.get("category") or ""), Decimal(str(line["amount"]))) for line in lines
             ],
-            ctx=ctx,
+            ctx=selectors.earn_context_get(
+                customer=customer, tier=account.tier, at=occurred_at, promotions=promotions
+            ),
         )
-    purchase = Purchase.objects.create(
+    now = timezone.now()
+    points = earn.points if earn else 0
+    earned_at = min(occurred_at, now)
+    explanation = earn.explanation if earn else []
+    entry_explanation, lot_points = explanation, points
+    balance_before = account.balance if account else None
+    if points > 0:
+        # While in debt, earnings repay it first (as _credit does).
+        repaid = min(max(0, -account.balance), points)
+        if repaid:
+            entry_explanation = [*explanation, {"code": "debt_repaid", "points": repaid}]
+        lot_points = points - repaid
+        account.balance += points
+    as_of = max(occurred_at, now)
+    spend_from = as_of - dt.timedelta(days=365)
+    sku, category, quantity, line_amount = [], [], [], []
+    for line in lines:
+        sku.append(str(line.get("sku") or "")[:64])
+        category.append(str(line.get("category") or "")[:64])
+        quantity.append(Decimal(str(line.get("quantity") or 1)))
+        line_amount.append(Decimal(str(line["amount"])))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _PURCHASE_WRITE_SQL,
+            {
+                "integration": integration.pk,
+                "external_id": external_id,
+                "customer": customer.pk,
+                "amount": amount,
+                "currency": currency,
+                "occurred_at": occurred_at,
+                "points": points,
+                # Member when the shop's system reported it: a member who joins at the till
+                # earns on the basket they are paying for, even if it was rung up a minute before.
+                "was_member": customer.is_member,
+                "hash": fingerprint,
+                "balance_after": account.balance if account else None,
+                "explanation": json.dumps(explanation),
+                "now": now,
+                "skus": sku,
+                "categories": category,
+                "quantities": quantity,
+                "amounts": line_amount,
+                "kind": Kind.EARN,
+                "earned_at": earned_at,
+                "entry_explanation": json.dumps(entry_explanation),
+                "credit": points > 0,
+                "lot_points": lot_points,
+                "expires_at": _lot_expiry(earned_at) if lot_points > 0 else None,
+                "spend": account is not None,
+                "spend_from": spend_from,
+                "as_of": as_of,
+            },
+        )
+        purchase_id, _entry_id, spend_before = cursor.fetchone()
+    if purchase_id is None:
+        # A twin was recorded first (a retry, or the same request sent twice at once).
+        if account is not None:
+            account.balance = balance_before
+        replay = _purchase_existing(integration, external_id, fingerprint)
+        if replay is None:  # cannot happen: the conflict was on this very key
+            raise Conflict(f"Purchase {external_id!r} could not be recorded.", code="idempotency_conflict")
+        return replay
+    purchase = Purchase(
+        pk=purchase_id,
         integration=integration,
         external_id=external_id,
         customer=customer,
         amount=amount,
         currency=currency,
         occurred_at=occurred_at,
-        # Member when the shop's system reported it: a member who joins at the till
-        # earns on the basket they are paying for, even if it was rung up a minute before.
         was_member=customer.is_member,
         request_hash=fingerprint,
-        points_earned=earn.points if earn else 0,
-        explanation=earn.explanation if earn else [],
+        points_earned=points,
+        explanation=explanation,
         balance_after=account.balance if account else None,
+        created_at=now,
     )
-    if lines:
-        PurchaseLine.objects.bulk_create(
-            PurchaseLine(
-                purchase=purchase,
-                sku=str(line.get("sku") or "")[:64],
-                category=str(line.get("category") or "")[:64],
-                quantity=Decimal(str(line.get("quantity") or 1)),
-                amount=Decimal(str(line["amount"])),
-            )
-            for line in lines
-        )
     if account is None:
         return PurchaseResult(purchase, True)
-    now = timezone.now()
-    if earn and earn.points > 0:
-        _credit(
-            account,
-            kind=Kind.EARN,
-            points=earn.points,
-            key=f"purchase:{purchase.pk}:earn",
-            explanation=earn.explanation,
-            at=min(occurred_at, now),
-            purchase=purchase,
-        )
-    _tier_upgrade_check(account, customer, as_of=max(occurred_at, now))
-    _referral_bonus_check(account, customer, purchase=purchase)
-    purchase.balance_after = account.balance
-    Purchase.objects.filter(pk=purchase.pk).update(balance_after=account.balance)
+    # The statement's snapshot did not include the purchase it inserted.
+    spend = spend_before + (amount if occurred_at > spend_from else Decimal("0"))
+    _tier_upgrade_check(account, customer, as_of=as_of, spend=spend)
+    if _referral_bonus_check(account, customer, purchase=purchase):
+        purchase.balance_after = account.balance
+        Purchase.objects.filter(pk=purchase.pk).update(balance_after=account.balance)
     return PurchaseResult(purchase, True)
 
 
-def _tier_upgrade_check(account: PointsAccount, customer: Customer, *, as_of: dt.datetime) -> None:
+def _tier_upgrade_check(
+    account: PointsAccount, customer: Customer, *, as_of: dt.datetime, spend: Decimal | None = None
+) -> None:
     """Upgrade on the purchase that crosses a threshold (downgrades wait for the nightly job)."""
     tiers = program_get()["tiers"]
     if not tiers:
         return
-    spend = qualifying_spend(customer_id=customer.pk, as_of=as_of)
+    if spend is None:
+        spend = qualifying_spend(customer_id=customer.pk, as_of=as_of)
     best_id = rules.tier_for_spend(spend, [(t.pk, t.min_qualifying_spend) for t in tiers])
     if best_id is None:
         return
@@ -438,13 +555,14 @@ def _tier_upgrade_check(account: PointsAccount, customer: Customer, *, as_of: dt
         PointsAccount.objects.filter(pk=account.pk).update(tier=best, tier_changed_at=timezone.now())
 
 
-def _referral_bonus_check(account: PointsAccount, customer: Customer, *, purchase: Purchase) -> None:
-    """After a referred member's first purchase as a member, both sides get their bonus, once."""
+def _referral_bonus_check(account: PointsAccount, customer: Customer, *, purchase: Purchase) -> bool:
+    """After a referred member's first purchase as a member, both sides get their bonus, once.
+    True when this member's balance changed."""
     if customer.referred_by_id is None:
-        return
+        return False
     key_referee = f"referral:{customer.pk}:referee"
     if _entry_exists(key_referee):
-        return
+        return False
     program = program_get()["rules"]
     referrer_account = PointsAccount.objects.select_for_update().filter(pk=customer.referred_by_id).first()
     # Credited when the qualifying purchase happened, so back-dated history stays in order.
@@ -471,6 +589,7 @@ def _referral_bonus_check(account: PointsAccount, customer: Customer, *, purchas
             at=now,
             purchase=purchase,
         )
+    return bool(program.referral_bonus_referee)
 
 
 @dataclass
