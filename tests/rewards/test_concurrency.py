@@ -121,6 +121,81 @@ def test_same_new_shopper_purchase_20_times_concurrently_creates_one_customer_an
     assert ledger_violations() == []
 
 
+def test_same_purchase_id_with_two_bodies_concurrently_records_one_and_refuses_the_other(setup_program):
+    customer, _ = services.customer_enroll(customer=CustomerFactory())
+    integration = IntegrationFactory()
+    at = timezone.now()
+
+    def post(i):
+        return services.purchase_record(
+            integration=integration,
+            external_id="same-id",
+            customer_ref=customer.external_ref,
+            amount=Decimal("100") if i % 2 else Decimal("300"),
+            currency="DKK",
+            occurred_at=at,
+        )
+
+    results = run_concurrently(20, post)
+    recorded = Purchase.objects.get()
+    winners = [r for r in results if isinstance(r, services.PurchaseResult)]
+    refused = [r for r in results if not isinstance(r, services.PurchaseResult)]
+    assert sum(r.created for r in winners) == 1
+    assert len(winners) == 10 and {r.purchase.amount for r in winners} == {recorded.amount}
+    assert len(refused) == 10 and all(getattr(r, "code", None) == "idempotency_conflict" for r in refused)
+    assert PointsAccount.objects.get(pk=customer.pk).balance == int(recorded.amount)
+    assert ledger_violations() == []
+
+
+def test_same_non_member_purchase_20_times_concurrently_is_recorded_once(setup_program):
+    shopper = CustomerFactory(enrolled_at=None)
+    integration = IntegrationFactory()
+    at = timezone.now()
+
+    def post(i):
+        return services.purchase_record(
+            integration=integration,
+            external_id="shopper-dup",
+            customer_ref=shopper.external_ref,
+            amount=Decimal("42.50"),
+            currency="DKK",
+            occurred_at=at,
+            lines=[{"category": "coffee", "amount": Decimal("42.50")}],
+        )
+
+    results = run_concurrently(20, post)
+    assert all(isinstance(r, services.PurchaseResult) for r in results), results
+    assert sum(r.created for r in results) == 1
+    purchase = Purchase.objects.get()
+    assert purchase.lines.count() == 1 and not purchase.was_member
+    assert LedgerEntry.objects.count() == 0
+
+
+def test_concurrent_purchases_of_one_member_add_up_and_upgrade_the_tier_once_crossed(setup_program):
+    customer, _ = services.customer_enroll(customer=CustomerFactory())
+    integration = IntegrationFactory()
+
+    def post(i):
+        return services.purchase_record(
+            integration=integration,
+            external_id=f"c{i}",
+            customer_ref=customer.external_ref,
+            amount=Decimal("250"),
+            currency="DKK",
+            occurred_at=timezone.now(),
+        )
+
+    results = run_concurrently(12, post)  # 3,000 of spend: past silver (2,000)
+    assert all(isinstance(r, services.PurchaseResult) and r.created for r in results), results
+    account = PointsAccount.objects.select_related("tier").get(pk=customer.pk)
+    assert account.tier.code == "silver"
+    assert account.balance == sum(r.points_earned for r in results)
+    # Each purchase's balance_after is the balance right after it: all different, the last the total.
+    assert sorted(r.balance for r in results)[-1] == account.balance
+    assert len({r.balance for r in results}) == 12
+    assert ledger_violations() == []
+
+
 def test_concurrent_refunds_purchases_and_redemptions_keep_the_invariants(setup_program):
     customer, _ = services.customer_enroll(customer=CustomerFactory())
     integration = IntegrationFactory()
