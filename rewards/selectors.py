@@ -79,10 +79,11 @@ def promotions_in_force(*, customer_id: int, at: dt.datetime) -> list[tuple[str,
     return list(rows)
 
 
-# promotions_in_force as one scalar subquery (a JSON array of [name, multiplier]), for the
-# purchase path to read with the lock on the member's account in one round trip. Parameters:
-# %(customer)s and %(at)s.
-PROMOTIONS_IN_FORCE_SQL = """
+def promotions_in_force_sql(customer: str) -> str:
+    """promotions_in_force as one scalar subquery (a JSON array of [name, multiplier]), for the
+    purchase path to read with the lock on the member's account in one round trip. `customer`
+    is the SQL expression of the customer's id (a column or a parameter); `%(at)s` the time."""
+    return f"""
     SELECT COALESCE(json_agg(json_build_array(pr.name, pr.multiplier::text)), '[]'::json)
     FROM (
         SELECT DISTINCT p.name, p.multiplier FROM rewards_promotion p
@@ -91,11 +92,11 @@ PROMOTIONS_IN_FORCE_SQL = """
             NOT EXISTS (SELECT 1 FROM rewards_promotion_customers pc WHERE pc.promotion_id = p.id)
             OR EXISTS (
                 SELECT 1 FROM rewards_promotion_customers pc
-                WHERE pc.promotion_id = p.id AND pc.customer_id = %(customer)s
+                WHERE pc.promotion_id = p.id AND pc.customer_id = {customer}
             )
           )
     ) pr
-"""
+    """  # noqa: S608 - `customer` is a column name or a placeholder from this module's callers
 
 
 def tier_get(tier_id: int) -> Tier:

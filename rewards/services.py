@@ -211,19 +211,32 @@ def _expire_due_lots(account: PointsAccount, *, before: dt.datetime) -> int:
 # --- Customers and enrolment -------------------------------------------------------
 
 
+# Customers read with a plain cursor: a constant statement, the reference as a parameter.
+_CUSTOMER_FIELDS = list(Customer._meta.concrete_fields)
+# Rows are turned into customers without Django's converters: fine while no field needs one.
+if any(hasattr(f, "from_db_value") for f in _CUSTOMER_FIELDS):
+    raise RuntimeError("accounts.Customer gained a field with from_db_value: read it through the ORM")
+_CUSTOMER_COLUMNS = ", ".join(f"c.{f.column}" for f in _CUSTOMER_FIELDS)
+_CUSTOMER_BY_REF_SQL = f"SELECT {_CUSTOMER_COLUMNS} FROM accounts_customer c WHERE c.external_ref = %s"  # noqa: S608
+
+
+def _customer_from_row(row) -> Customer:
+    fields = _CUSTOMER_FIELDS
+    return Customer.from_db(connection.alias, [f.attname for f in fields], row[: len(fields)])
+
+
 def customer_get_or_create(*, external_ref: str, defaults: dict | None = None) -> tuple[Customer, bool]:
     """The customer the shop's systems call `external_ref`, created as a non-member if new.
 
     Safe under concurrency: a concurrent creation of the same ref is caught by the
     unique constraint and the existing row is returned.
     """
-    # Raw: the hot path of every purchase, and the ORM's query compilation cost more than the query.
-    customer = next(
-        iter(Customer.objects.raw("SELECT * FROM accounts_customer WHERE external_ref = %s", [external_ref])),
-        None,
-    )
-    if customer:
-        return customer, False
+    # Raw: on the hot path of purchases, where compiling the ORM query cost more than running it.
+    with connection.cursor() as cursor:
+        cursor.execute(_CUSTOMER_BY_REF_SQL, [external_ref])
+        row = cursor.fetchone()
+    if row:
+        return _customer_from_row(row), False
     try:
         with transaction.atomic():
             return Customer.objects.create(external_ref=external_ref, **(defaults or {})), True
@@ -346,12 +359,31 @@ def purchase_record(
         raise
 
 
-# A constant (no input in it): the values go as parameters.
+# Constants (no input in them): the values go as parameters.
 _MEMBER_LOCK_SQL = f"""
-SELECT a.balance, a.tier_id, ({selectors.PROMOTIONS_IN_FORCE_SQL})
+SELECT a.balance, a.tier_id, ({selectors.promotions_in_force_sql("%(customer)s")})
 FROM rewards_pointsaccount a WHERE a.customer_id = %(customer)s
 FOR UPDATE OF a
 """  # noqa: S608
+# A member's purchase starts here: the customer by reference, their account locked, and the
+# promotions in force for them, in one round trip. No row: unknown, or not a member.
+_MEMBER_LOCK_BY_REF_SQL = f"""
+SELECT {_CUSTOMER_COLUMNS}, a.balance, a.tier_id, ({selectors.promotions_in_force_sql("c.id")})
+FROM accounts_customer c JOIN rewards_pointsaccount a ON a.customer_id = c.id
+WHERE c.external_ref = %(ref)s
+FOR UPDATE OF a
+"""  # noqa: S608
+
+
+def _account_from_row(customer_id: int, balance: int, tier_id: int | None) -> PointsAccount:
+    account = PointsAccount(customer_id=customer_id, balance=balance, tier_id=tier_id)
+    if tier_id is not None:
+        account.tier = selectors.tier_get(tier_id)
+    return account
+
+
+def _promotions(value) -> list[tuple[str, Decimal]]:
+    return [(name, Decimal(multiplier)) for name, multiplier in value or []]
 
 
 def _member_lock(customer_id: int, *, at: dt.datetime) -> tuple[PointsAccount, list[tuple[str, Decimal]]]:
@@ -363,10 +395,20 @@ def _member_lock(customer_id: int, *, at: dt.datetime) -> tuple[PointsAccount, l
     if row is None:
         raise NotAMember("This customer is not a member of the loyalty program.")
     balance, tier_id, promotions = row
-    account = PointsAccount(customer_id=customer_id, balance=balance, tier_id=tier_id)
-    if tier_id is not None:
-        account.tier = selectors.tier_get(tier_id)
-    return account, [(name, Decimal(multiplier)) for name, multiplier in promotions or []]
+    return _account_from_row(customer_id, balance, tier_id), _promotions(promotions)
+
+
+def _member_lock_by_ref(
+    external_ref: str, *, at: dt.datetime
+) -> tuple[Customer, PointsAccount, list[tuple[str, Decimal]]] | None:
+    with connection.cursor() as cursor:
+        cursor.execute(_MEMBER_LOCK_BY_REF_SQL, {"ref": external_ref, "at": at})
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    customer = _customer_from_row(row)
+    balance, tier_id, promotions = row[len(_CUSTOMER_FIELDS) :]
+    return customer, _account_from_row(customer.pk, balance, tier_id), _promotions(promotions)
 
 
 # One statement writes a purchase with its lines, the earn entry, the entry's lot and the new
@@ -429,13 +471,18 @@ def _purchase_record(
     award_points,
     fingerprint,
 ):
-    customer, _created = customer_get_or_create(external_ref=customer_ref)
-    if enroll and not customer.is_member:
-        customer, _ = customer_enroll(customer=customer, at=min(occurred_at, timezone.now()))
-    account, promotions = (None, [])
-    if customer.is_member:
-        # Twins of this purchase wait here; the insert below then finds the first one's row.
-        account, promotions = _member_lock(customer.pk, at=occurred_at)
+    # Twins of a member's purchase wait at the account lock; the insert below then finds the
+    # first one's row.
+    member = _member_lock_by_ref(customer_ref, at=occurred_at)
+    if member is not None and member[0].is_member:
+        customer, account, promotions = member
+    else:
+        customer, _created = customer_get_or_create(external_ref=customer_ref)
+        if enroll and not customer.is_member:
+            customer, _ = customer_enroll(customer=customer, at=min(occurred_at, timezone.now()))
+        account, promotions = (None, [])
+        if customer.is_member:
+            account, promotions = _member_lock(customer.pk, at=occurred_at)
     earn = None
     if account is not None and award_points:
         earn = rules.purchase_points(

@@ -276,14 +276,14 @@ def test_points_of_a_purchase_reported_late_expire_from_when_it_happened(api):
 def test_hot_paths_stay_within_their_query_budget(api, django_assert_max_num_queries):
     api.post("/api/v1/customers/C1/enroll", {}, format="json")
     body = purchase_body(items=[{"category": "coffee", "amount": "129.95"}])
-    # customer; account lock with the promotions in force; one statement that inserts the
-    # purchase (idempotent), its lines, the entry and lot, moves the balance and reads the tier
-    # spend. The token was looked up by the first request and is remembered. Inside the test's
-    # transaction the service's own transaction is a SAVEPOINT and its RELEASE: 2 more.
-    with django_assert_max_num_queries(5):
+    # the member with their account locked and the promotions in force; one statement that
+    # inserts the purchase (idempotent), its lines, the entry and lot, moves the balance and
+    # reads the tier spend. The token was looked up by the first request and is remembered.
+    # Inside the test's transaction the service's transaction is a SAVEPOINT and its RELEASE.
+    with django_assert_max_num_queries(4):
         assert api.post("/api/v1/purchases", body, format="json").status_code == 201
-    # The same purchase again: customer, lock, the insert that finds its twin, the twin.
-    with django_assert_max_num_queries(6):
+    # The same purchase again: the lock, the insert that finds its twin, the twin.
+    with django_assert_max_num_queries(5):
         assert api.post("/api/v1/purchases", body, format="json").status_code == 200
     # the customer with their account, qualifying spend and expiring points, in one query
     with django_assert_max_num_queries(1):
