@@ -2,6 +2,7 @@
 PostgreSQL (DATABASE_URL) and Redis (REDIS_URL), a real Celery worker.
 """
 
+import hashlib
 import socket
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -204,3 +205,12 @@ def pytest_runtest_makereport(item, call):
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+@pytest.fixture(autouse=True)
+def _own_rate_limit_counts(settings, request):
+    """Each test counts its rate limits (sign-up, reset, API per token) in its own Redis
+    namespace, so tests that sign up or reset with the same address do not use up one another's
+    allowance. Servers run in a subprocess keep the run's namespace from the test settings."""
+    test_id = hashlib.sha1(request.node.nodeid.encode(), usedforsecurity=False).hexdigest()[:12]
+    settings.RATE_LIMIT_NAMESPACE = f"{settings.RATE_LIMIT_NAMESPACE}{test_id}:"
