@@ -53,5 +53,6 @@ def demo_logins_ensure() -> list[tuple[str, str, str]]:
 
         customer.email_confirmed_at = timezone.now()
     customer.save()
-    logins.append(("customer", customer.username, DEMO_PASSWORD))
+    # Members sign in with their email address (the portal's login asks for it).
+    logins.append(("customer (portal)", customer.email, DEMO_PASSWORD))
     return logins
