@@ -211,18 +211,11 @@ def _expire_due_lots(account: PointsAccount, *, before: dt.datetime) -> int:
 # --- Customers and enrolment -------------------------------------------------------
 
 
-# Customers read with a plain cursor: a constant statement, the reference as a parameter.
-_CUSTOMER_FIELDS = list(Customer._meta.concrete_fields)
-# Rows are turned into customers without Django's converters: fine while no field needs one.
-if any(hasattr(f, "from_db_value") for f in _CUSTOMER_FIELDS):
-    raise RuntimeError("accounts.Customer gained a field with from_db_value: read it through the ORM")
-_CUSTOMER_COLUMNS = ", ".join(f"c.{f.column}" for f in _CUSTOMER_FIELDS)
+# Customers read with a plain cursor (see selectors.customer_from_row); the reference is a parameter.
+_CUSTOMER_FIELDS = selectors._CUSTOMER_FIELDS
+_CUSTOMER_COLUMNS = selectors._CUSTOMER_COLUMNS
 _CUSTOMER_BY_REF_SQL = f"SELECT {_CUSTOMER_COLUMNS} FROM accounts_customer c WHERE c.external_ref = %s"  # noqa: S608
-
-
-def _customer_from_row(row) -> Customer:
-    fields = _CUSTOMER_FIELDS
-    return Customer.from_db(connection.alias, [f.attname for f in fields], row[: len(fields)])
+_customer_from_row = selectors.customer_from_row
 
 
 def customer_get_or_create(*, external_ref: str, defaults: dict | None = None) -> tuple[Customer, bool]:
