@@ -298,8 +298,38 @@ STYLES = {
 }
 STYLE_WEIGHTS = {"commuter": 25, "breakfast": 25, "lunch": 20, "baker": 20, "connoisseur": 10}
 
-# (share of shoppers, visits per week from, to)
-FREQUENCIES = [(0.12, 3.0, 6.0), (0.30, 1.0, 2.5), (0.58, 0.25, 0.9)]
+# Who comes, how often, for how long, and who joins: a population like the one the analytics'
+# models assume (BG/NBD- and Gamma-Gamma-like), with a known effect of the program, so that
+# every dashboard has something true to find (METRICS.md; issue 5, "Demo and validation data").
+# - Visits: on each day between arrival and leaving, a visit with probability 1 − e^(−λ), where
+#   λ (visits per week ÷ 7) is drawn per shopper from a Gamma: most come now and then, a long
+#   tail of regulars comes most mornings.
+# - Arrival: some were already coming when the history starts; the others arrive on a day drawn
+#   over the history, and part of those never come back (tourists, passers-by).
+# - Leaving: after an exponential stay whose mean is drawn per shopper (a Gamma), in continuous
+#   time, so that the program's effect does not change how long anyone stays.
+# - Spend: the basket of the shopper's style; some often buy for two (a per-shopper share), so
+#   each shopper has their own mean spend and visits vary around it (Gamma-Gamma-like).
+# - Joining, with self-selection: the chance to join at all grows with λ (heavier buyers join
+#   more often); a joiner joins at the first visit on or after a planned day, spread over the
+#   history (some joined before it starts).
+# - The program's effect: from the day after joining, λ × (1 + PROGRAM_EFFECT). The naive
+#   member / non-member gap is far larger (selection); the difference-in-differences finds this.
+VISITS_PER_WEEK = (0.6, 0.8)  # Gamma (shape, mean)
+KNOWN_BEFORE_SHARE = 0.5  # already customers when the history starts
+ONE_TIME_SHARE = 0.3  # of the newcomers: one visit, never back
+STAY_MONTHS = (2.0, 18.0)  # Gamma (shape, mean) of the mean stay
+BUYS_FOR_TWO = (1.0, 4.0)  # Beta: share of visits with a basket for two
+JOIN_CHANCE = (0.2, 0.5, 0.9)  # floor + slope × λ / mean λ, at most the ceiling
+JOIN_AT_FIRST_VISIT = 0.3  # of the newcomers who join: at the till on their first visit
+JOIN_DELAY_DAYS = 150  # otherwise after an exponential delay of this mean
+# A sign-up drive (the baristas asked every regular at the till) in the middle of the history:
+# half of the customers of old who join plan to join then. It gives the effect analysis members
+# with six months of history before and after joining.
+SIGNUP_DRIVE = (0.35, 0.6)  # from, to: shares of the history
+SIGNUP_DRIVE_SHARE = 0.5
+ONE_TIMER_JOIN_CHANCE = 0.08  # took the signup bonus and never came back
+PROGRAM_EFFECT = 0.2  # members visit 20 % more often after joining
 
 # --- Names ---------------------------------------------------------------------------
 # (first names female, first names male, last names) per origin; tuples are (native, latin).
@@ -592,9 +622,15 @@ class Shopper:
     language: str
     birthday: dt.date | None
     style: str
-    visits_per_week: float
+    visits_per_week: float  # without the program
     store: str
     enrolled_at: dt.datetime | None = None
+    # When they first came (None: already a customer when the history starts), when they leave
+    # for good, the day they mean to join (None: never), how often they buy for two.
+    arrival: dt.datetime | None = None
+    leaves: dt.datetime | None = None
+    joins_from: dt.datetime | None = None
+    buys_for_two: float = 0.0
     consent: bool = False
     referrer_ref: str | None = None
     # Savers let their points grow; the others redeem when they can afford the reward they want.
@@ -636,7 +672,6 @@ def _shopper_new(rng: random.Random, number: int, today: dt.date) -> Shopper:
         birthday = today.replace(year=today.year - age, month=1, day=1) + dt.timedelta(
             days=rng.randrange(365)
         )
-    low, high = _frequency(rng.random())
     return Shopper(
         ref=f"{CUSTOMER_PREFIX}{number:06d}",
         first_name=first,
@@ -645,18 +680,45 @@ def _shopper_new(rng: random.Random, number: int, today: dt.date) -> Shopper:
         language=language,
         birthday=birthday,
         style=rng.choices(list(STYLE_WEIGHTS), weights=list(STYLE_WEIGHTS.values()))[0],
-        visits_per_week=rng.uniform(low, high),
+        visits_per_week=rng.gammavariate(VISITS_PER_WEEK[0], VISITS_PER_WEEK[1] / VISITS_PER_WEEK[0]),
         store=rng.choices(STORES, weights=[35, 30, 25, 10])[0],
+        buys_for_two=rng.betavariate(*BUYS_FOR_TWO),
     )
 
 
-def _frequency(share: float) -> tuple[float, float]:
-    """Visits per week (from, to) of the frequency group a share in [0, 1) falls in."""
-    for weight, low, high in FREQUENCIES:
-        if share < weight:
-            return low, high
-        share -= weight
-    return FREQUENCIES[-1][1:]
+def _life_draw(rng: random.Random, shopper: Shopper, *, start: dt.datetime, end: dt.datetime) -> None:
+    """When the shopper arrives and leaves, and whether and when they mean to join (see the
+    comment above VISITS_PER_WEEK)."""
+    span = end - start
+    known_before = rng.random() < KNOWN_BEFORE_SHARE
+    # Those still coming when the history starts are more often the ones who stay long (the
+    # inspection paradox): their mean stay is drawn size-biased, Gamma(shape + 1, same scale).
+    shape, mean = STAY_MONTHS
+    mean_stay = rng.gammavariate(shape + known_before, mean / shape)
+    stay = dt.timedelta(days=30.44 * rng.expovariate(1 / mean_stay))
+    one_time = False
+    if known_before:
+        # Already coming when the history starts: the stay (memoryless) counts from then.
+        shopper.leaves = start + stay
+    else:
+        shopper.arrival = start + dt.timedelta(days=rng.randrange(max(span.days, 1)))
+        one_time = rng.random() < ONE_TIME_SHARE
+        shopper.leaves = shopper.arrival + (dt.timedelta(hours=1) if one_time else stay)
+    if one_time:
+        chance = ONE_TIMER_JOIN_CHANCE
+    else:
+        floor, slope, ceiling = JOIN_CHANCE
+        chance = min(ceiling, floor + slope * shopper.visits_per_week / VISITS_PER_WEEK[1])
+    if rng.random() >= chance:
+        return
+    if shopper.arrival is None:
+        # Many during the sign-up drive, the others over the history (some before it starts).
+        low, high = SIGNUP_DRIVE if rng.random() < SIGNUP_DRIVE_SHARE else (-0.1, 1.0)
+        shopper.joins_from = start + span * rng.uniform(low, high)
+    elif one_time or rng.random() < JOIN_AT_FIRST_VISIT:
+        shopper.joins_from = shopper.arrival
+    else:
+        shopper.joins_from = shopper.arrival + dt.timedelta(days=rng.expovariate(1 / JOIN_DELAY_DAYS))
 
 
 def _anna(now: dt.datetime) -> Shopper:
@@ -740,11 +802,31 @@ def _basket(rng: random.Random, style: str) -> list[dict]:
     ]
 
 
+def _doubled(line: dict) -> dict:
+    """The same line for two: twice the quantity and the amount."""
+    return {
+        **line,
+        "quantity": str(2 * int(line["quantity"])),
+        "amount": f"{2 * Decimal(line['amount']):.2f}",
+    }
+
+
 def _visits(
-    rng: random.Random, shopper: Shopper, start: dt.datetime, end: dt.datetime, tz: ZoneInfo
+    rng: random.Random,
+    shopper: Shopper,
+    start: dt.datetime,
+    end: dt.datetime,
+    tz: ZoneInfo,
+    *,
+    first: dt.date | None = None,
 ) -> list[dt.datetime]:
-    """Visit times between start and end, at most one a day. Members come more often than
-    before they joined: the program's effect the analytics should find."""
+    """Visit times between start and end, at most one a day: each day a visit with probability
+    1 − e^(−λ), λ by weekday and season; on the day `first` (a newcomer's first visit) one
+    whatever the odds. A shopper who means to join joins at their first visit on or after that
+    day (`enrolled_at` is set a minute before it); from the next day on they come
+    PROGRAM_EFFECT more often: the program's effect the analytics should find."""
+    import math
+
     times = []
     day = timezone.localtime(start, tz).date()
     last_day = timezone.localtime(end, tz).date()
@@ -758,15 +840,20 @@ def _visits(
             rate *= 1.6
         if day.month == 12:
             rate *= 1.2
-        member_then = shopper.enrolled_at is not None and shopper.enrolled_at.date() <= day
-        if not member_then:
-            rate *= 0.7
-        if rng.random() < min(rate, 0.95):
+        if shopper.enrolled_at is not None and timezone.localtime(shopper.enrolled_at, tz).date() < day:
+            rate *= 1 + PROGRAM_EFFECT
+        if rng.random() < 1 - math.exp(-rate) or day == first:
             moment = dt.datetime.combine(
                 day, dt.time(rng.randrange(opening, closing), rng.randrange(60)), tzinfo=tz
             )
             moment += dt.timedelta(seconds=rng.randrange(60))
             if start <= moment < end:
+                if (
+                    shopper.enrolled_at is None
+                    and shopper.joins_from is not None
+                    and moment >= shopper.joins_from
+                ):
+                    shopper.enrolled_at = moment - dt.timedelta(minutes=1)
                 times.append(moment)
         day += dt.timedelta(days=1)
     return times
@@ -786,45 +873,59 @@ def population_generate(
     tz = ZoneInfo(settings.TIME_ZONE)
     now = timezone.now()
     today = timezone.localdate()
-    history_start = now - dt.timedelta(days=round(months * 30.44))
+    # From a midnight, so that a newcomer's arrival day starts at one too.
+    history_start = dt.datetime.combine(
+        today - dt.timedelta(days=round(months * 30.44)), dt.time.min, tzinfo=tz
+    )
     end = now - dt.timedelta(minutes=30)
     rewards = list(Reward.objects.filter(is_active=True).order_by("cost_points"))
 
     count = max(customers, 1)
     shoppers = [_anna(now)] + [_shopper_new(rng, number, today) for number in range(2, count + 1)]
+    # (when, order, kind, shopper, payload): at the same moment, enrolment before purchase before redemption.
+    timeline: list[tuple] = []
     for shopper in shoppers[1:]:
-        if rng.random() < 0.85:
-            # Members joined at various dates over the last year, some of them during the history.
-            shopper.enrolled_at = now - dt.timedelta(days=rng.uniform(3, 365), minutes=rng.randrange(600))
+        _life_draw(rng, shopper, start=history_start, end=end)
+        if shopper.joins_from is not None and shopper.joins_from < history_start:
+            shopper.enrolled_at = shopper.joins_from + dt.timedelta(hours=rng.uniform(8, 17))
+        start = history_start if shopper.arrival is None else shopper.arrival
+        stop = min(
+            end, dt.datetime.combine(timezone.localtime(shopper.leaves, tz).date(), dt.time.max, tzinfo=tz)
+        )
+        first = None if shopper.arrival is None else timezone.localtime(shopper.arrival, tz).date()
+        visits = _visits(rng, shopper, start, stop, tz, first=first)
+        if not visits:
+            # Everyone on the list bought at least once: a quiet regular of old comes once.
+            first = timezone.localtime(start + (stop - start) * rng.random(), tz).date()
+            visits = _visits(rng, shopper, start, stop, tz, first=first)
+        for moment in visits:
+            style = shopper.style if rng.random() < 0.75 else rng.choice(list(STYLES))
+            basket = _basket(rng, style)
+            if rng.random() < shopper.buys_for_two:
+                basket = [_doubled(line) for line in basket]
+            timeline.append((moment, 1, "purchase", shopper, basket))
+        if shopper.enrolled_at is not None:
             shopper.consent = rng.random() < 0.65
             shopper.saver = rng.random() < 0.25
             shopper.goal = _goal_pick(rng, rewards)
     members = sorted((s for s in shoppers if s.enrolled_at), key=lambda s: s.enrolled_at)
-    # A few members joined lately through a friend's "bring a friend" code. Lately, because the
-    # referral bonus is credited when the service runs, not at the purchase's time: kept recent, the
-    # bonus stands in the ledger near the purchases that surround it.
-    newcomers = [s for s in members if s.ref != ANNA_REF]
-    referred = rng.sample(newcomers, k=min(len(newcomers), max(1, count // 15)))
+    # A few of the members who joined lately came with a friend's "bring a friend" code. Lately,
+    # because the referral bonus is credited when the service runs, not at the purchase's time:
+    # kept recent, the bonus stands in the ledger near the purchases that surround it.
+    # Not Anna: her ledger, the one the demo shows, stays in time order.
+    recent = [s for s in members if s.ref != ANNA_REF and s.enrolled_at >= now - dt.timedelta(days=21)]
+    referred = rng.sample(recent, k=min(len(recent), max(1, count // 15)))
     for shopper in referred:
-        shopper.enrolled_at = now - dt.timedelta(days=rng.uniform(2, 20))
-    for shopper in referred:
-        # Not Anna: her ledger, the one the demo shows, stays in time order.
-        earlier = [s for s in newcomers if s.enrolled_at < shopper.enrolled_at and s not in referred]
+        earlier = [s for s in members if s.enrolled_at < shopper.enrolled_at and s not in referred]
+        earlier = [s for s in earlier if s.ref != ANNA_REF]
         if earlier:
             shopper.referrer_ref = rng.choice(earlier).ref
-    members.sort(key=lambda s: s.enrolled_at)
 
-    # (when, order, kind, shopper, payload): at the same moment, enrolment before purchase before redemption.
-    timeline: list[tuple] = []
     for shopper in shoppers:
         if shopper.enrolled_at:
             timeline.append((shopper.enrolled_at, 0, "enroll", shopper, None))
         if shopper.ref == ANNA_REF:
             timeline += _anna_timeline(rng, shopper, history_start=history_start, now=now, tz=tz)
-            continue
-        for moment in _visits(rng, shopper, history_start, end, tz):
-            style = shopper.style if rng.random() < 0.75 else rng.choice(list(STYLES))
-            timeline.append((moment, 1, "purchase", shopper, _basket(rng, style)))
     timeline.sort(key=lambda item: (item[0], item[1], item[3].ref))
 
     for when, _order, _kind, shopper, _payload in timeline:

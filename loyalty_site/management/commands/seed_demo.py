@@ -14,8 +14,8 @@ class Command(BaseCommand):
     help = "Create demo data and logins (safe to run again)."
 
     def add_arguments(self, parser):
-        parser.add_argument("--customers", type=int, default=120, help="How many customers (default 120).")
-        parser.add_argument("--months", type=int, default=6, help="Months of purchase history (default 6).")
+        parser.add_argument("--customers", type=int, default=600, help="How many customers (default 600).")
+        parser.add_argument("--months", type=int, default=20, help="Months of purchase history (default 20).")
         parser.add_argument("--seed", type=int, default=42, help="Seed of the random history (default 42).")
 
     def handle(self, *args, **options):
