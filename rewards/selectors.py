@@ -195,6 +195,9 @@ def customer_standing_get(*, external_ref: str, expiring_within_days: int = 30) 
         customer.qualifying_spend_now,
         customer.points_expiring_soon,
     ) = row[len(_CUSTOMER_FIELDS) :]
+    if customer.qualifying_spend_now is not None and not isinstance(customer.qualifying_spend_now, Decimal):
+        # SQLite (the demo) sums decimals as numbers; PostgreSQL already answers a Decimal.
+        customer.qualifying_spend_now = Decimal(str(customer.qualifying_spend_now))
     return customer
 
 

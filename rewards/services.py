@@ -44,6 +44,7 @@ from .models import (
     PointsAccount,
     PointsLot,
     Purchase,
+    PurchaseLine,
     Redemption,
     Refund,
     Reward,
@@ -464,6 +465,20 @@ def _purchase_record(
     award_points,
     fingerprint,
 ):
+    if connection.vendor != "postgresql":
+        # The demo's SQLite: the same purchase through the ORM (the statements below are PostgreSQL's).
+        return _purchase_record_portable(
+            integration=integration,
+            external_id=external_id,
+            customer_ref=customer_ref,
+            amount=amount,
+            currency=currency,
+            occurred_at=occurred_at,
+            lines=lines,
+            enroll=enroll,
+            award_points=award_points,
+            fingerprint=fingerprint,
+        )
     # Twins of a member's purchase wait at the account lock; the insert below then finds the
     # first one's row.
     member = _member_lock_by_ref(customer_ref, at=occurred_at)
@@ -573,6 +588,83 @@ def _purchase_record(
     if _referral_bonus_check(account, customer, purchase=purchase):
         purchase.balance_after = account.balance
         Purchase.objects.filter(pk=purchase.pk).update(balance_after=account.balance)
+    return PurchaseResult(purchase, True)
+
+
+def _purchase_record_portable(
+    *,
+    integration,
+    external_id,
+    customer_ref,
+    amount,
+    currency,
+    occurred_at,
+    lines,
+    enroll,
+    award_points,
+    fingerprint,
+):
+    """_purchase_record through the ORM, for databases other than PostgreSQL (the demo's SQLite,
+    where one writer at a time holds the database): the same rows, entries, lots and answers."""
+    customer, _created = customer_get_or_create(external_ref=customer_ref)
+    if enroll and not customer.is_member:
+        customer, _ = customer_enroll(customer=customer, at=min(occurred_at, timezone.now()))
+    account = None
+    if customer.is_member:
+        account = _account_lock(customer.pk)
+        replay = _purchase_existing(integration, external_id, fingerprint)
+        if replay:
+            return replay
+    earn = None
+    if account is not None and award_points:
+        earn = rules.purchase_points(
+            amount=amount,
+            lines=[
+                rules.Line(str(line.get("category") or ""), Decimal(str(line["amount"]))) for line in lines
+            ],
+            ctx=selectors.earn_context_get(customer=customer, tier=account.tier, at=occurred_at),
+        )
+    purchase = Purchase.objects.create(
+        integration=integration,
+        external_id=external_id,
+        customer=customer,
+        amount=amount,
+        currency=currency,
+        occurred_at=occurred_at,
+        was_member=customer.is_member,
+        request_hash=fingerprint,
+        points_earned=earn.points if earn else 0,
+        explanation=earn.explanation if earn else [],
+        balance_after=account.balance if account else None,
+    )
+    if lines:
+        PurchaseLine.objects.bulk_create(
+            PurchaseLine(
+                purchase=purchase,
+                sku=str(line.get("sku") or "")[:64],
+                category=str(line.get("category") or "")[:64],
+                quantity=Decimal(str(line.get("quantity") or 1)),
+                amount=Decimal(str(line["amount"])),
+            )
+            for line in lines
+        )
+    if account is None:
+        return PurchaseResult(purchase, True)
+    now = timezone.now()
+    if earn and earn.points > 0:
+        _credit(
+            account,
+            kind=Kind.EARN,
+            points=earn.points,
+            key=f"purchase:{purchase.pk}:earn",
+            explanation=earn.explanation,
+            at=min(occurred_at, now),
+            purchase=purchase,
+        )
+    _tier_upgrade_check(account, customer, as_of=max(occurred_at, now))
+    _referral_bonus_check(account, customer, purchase=purchase)
+    purchase.balance_after = account.balance
+    Purchase.objects.filter(pk=purchase.pk).update(balance_after=account.balance)
     return PurchaseResult(purchase, True)
 
 
