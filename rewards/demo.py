@@ -631,6 +631,8 @@ class Shopper:
     leaves: dt.datetime | None = None
     joins_from: dt.datetime | None = None
     buys_for_two: float = 0.0
+    # The truth about the program: expected purchase days it added, per calendar month.
+    added_days: dict[dt.date, float] = field(default_factory=dict)
     consent: bool = False
     referrer_ref: str | None = None
     # Savers let their points grow; the others redeem when they can afford the reward they want.
@@ -827,6 +829,7 @@ def _visits(
     PROGRAM_EFFECT more often: the program's effect the analytics should find."""
     import math
 
+    shopper.added_days = {}
     times = []
     day = timezone.localtime(start, tz).date()
     last_day = timezone.localtime(end, tz).date()
@@ -841,6 +844,9 @@ def _visits(
         if day.month == 12:
             rate *= 1.2
         if shopper.enrolled_at is not None and timezone.localtime(shopper.enrolled_at, tz).date() < day:
+            month = day.replace(day=1)
+            added = math.exp(-rate) - math.exp(-rate * (1 + PROGRAM_EFFECT))
+            shopper.added_days[month] = shopper.added_days.get(month, 0.0) + added
             rate *= 1 + PROGRAM_EFFECT
         if rng.random() < 1 - math.exp(-rate) or day == first:
             moment = dt.datetime.combine(
@@ -1005,8 +1011,18 @@ def population_generate(
     return (
         f"{len(shoppers)} customers ({len(members)} members), "
         f"{len(receipts)} purchases over {months} months, {refunds} refunds, {events} events, "
-        f"{len(redemptions)} redemptions."
+        f"{len(redemptions)} redemptions. The truth to check the program-effect page against: "
+        f"members visit {PROGRAM_EFFECT:.0%} more often after joining, "
+        f"about {_added_days(shoppers, today):.0f} purchase days added in the last 12 months."
     )
+
+
+def _added_days(shoppers: list[Shopper], today: dt.date) -> float:
+    """Expected purchase days the program added in the 12 calendar months up to today's (the
+    window of the page's "incremental purchase days")."""
+    index = today.year * 12 + today.month - 1 - 11
+    first = dt.date(index // 12, index % 12 + 1, 1)
+    return sum(added for s in shoppers for month, added in s.added_days.items() if month >= first)
 
 
 def _goal_pick(rng: random.Random, rewards: list[Reward]) -> Reward | None:
