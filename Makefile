@@ -50,7 +50,7 @@ messages: venv
 bench: venv
 	$(PY) bench/run.py $(BENCH_ARGS)
 
-# Benchmark of the analytics (issue 5; PostgreSQL and Redis on 127.0.0.1; about 15 minutes):
+# Benchmark of the analytics (issue 5; PostgreSQL and Redis on 127.0.0.1; about 20 minutes):
 # seeds loyalty_bench_analytics with 1,000,000 customers and 10,000,000 purchases, measures the
 # full refresh, the incremental update and the model fits against the pandas reference, prints
 # the figures as JSON (bench/RESULTS.md). Options: make bench-analytics BENCH_ARGS="--reuse-db".

@@ -9,7 +9,7 @@
   headline metrics from the same data: the results must agree, and the project must be
   faster (the ratio is printed).
 
-    make bench-analytics                                     # the full run (~15 minutes)
+    make bench-analytics                                     # the full run (~20 minutes)
     .venv/bin/python bench/analytics.py --customers 100000 --purchases 1000000   # a quick try
     .venv/bin/python bench/analytics.py --reuse-db           # same data, measure again
     .venv/bin/python bench/analytics.py --reuse-db --skip pandas,rebuild
