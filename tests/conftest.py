@@ -214,3 +214,18 @@ def _own_rate_limit_counts(settings, request):
     allowance. Servers run in a subprocess keep the run's namespace from the test settings."""
     test_id = hashlib.sha1(request.node.nodeid.encode(), usedforsecurity=False).hexdigest()[:12]
     settings.RATE_LIMIT_NAMESPACE = f"{settings.RATE_LIMIT_NAMESPACE}{test_id}:"
+
+
+@pytest.fixture(autouse=True)
+def _forget_cached_rows():
+    """The program's rules and tiers and the API tokens are remembered in memory for a few
+    seconds (rewards.selectors, rewards.authentication). A test's rows are rolled back or
+    flushed after it, so the next test must not use remembered ids that no longer exist."""
+    from rewards.authentication import _token_cache_clear
+    from rewards.selectors import _program_cache_clear
+
+    _program_cache_clear()
+    _token_cache_clear()
+    yield
+    _program_cache_clear()
+    _token_cache_clear()

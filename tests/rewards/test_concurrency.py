@@ -42,19 +42,6 @@ def run_concurrently(n: int, fn):
     return results
 
 
-@pytest.fixture(autouse=True)
-def _forget_cached_rows():
-    """These tests commit, and the database is flushed after each: the program's tiers and the
-    tokens remembered in memory must go with it, or the next test (same process, within the
-    cache's few seconds) would use ids that no longer exist."""
-    yield
-    from rewards.authentication import _token_cache_clear
-    from rewards.selectors import _program_cache_clear
-
-    _program_cache_clear()
-    _token_cache_clear()
-
-
 @pytest.fixture
 def setup_program():
     program_rules_set(points_per_unit=1, signup_bonus=0, expiry_months=24)
