@@ -318,7 +318,7 @@ STYLE_WEIGHTS = {"commuter": 25, "breakfast": 25, "lunch": 20, "baker": 20, "con
 VISITS_PER_WEEK = (0.6, 0.8)  # Gamma (shape, mean)
 KNOWN_BEFORE_SHARE = 0.5  # already customers when the history starts
 ONE_TIME_SHARE = 0.3  # of the newcomers: one visit, never back
-STAY_MONTHS = (2.0, 18.0)  # Gamma (shape, mean) of the mean stay
+STAY_MONTHS = (2.0, 24.0)  # Gamma (shape, mean) of the mean stay
 BUYS_FOR_TWO = (1.0, 4.0)  # Beta: share of visits with a basket for two
 JOIN_CHANCE = (0.2, 0.5, 0.9)  # floor + slope × λ / mean λ, at most the ceiling
 JOIN_AT_FIRST_VISIT = 0.3  # of the newcomers who join: at the till on their first visit
@@ -329,7 +329,7 @@ JOIN_DELAY_DAYS = 150  # otherwise after an exponential delay of this mean
 SIGNUP_DRIVE = (0.35, 0.6)  # from, to: shares of the history
 SIGNUP_DRIVE_SHARE = 0.5
 ONE_TIMER_JOIN_CHANCE = 0.08  # took the signup bonus and never came back
-PROGRAM_EFFECT = 0.2  # members visit 20 % more often after joining
+PROGRAM_EFFECT = 0.25  # members visit 25 % more often after joining
 
 # --- Names ---------------------------------------------------------------------------
 # (first names female, first names male, last names) per origin; tuples are (native, latin).

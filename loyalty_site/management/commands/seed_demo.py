@@ -14,7 +14,7 @@ class Command(BaseCommand):
     help = "Create demo data and logins (safe to run again)."
 
     def add_arguments(self, parser):
-        parser.add_argument("--customers", type=int, default=600, help="How many customers (default 600).")
+        parser.add_argument("--customers", type=int, default=700, help="How many customers (default 700).")
         parser.add_argument("--months", type=int, default=20, help="Months of purchase history (default 20).")
         parser.add_argument("--seed", type=int, default=42, help="Seed of the random history (default 42).")
 
