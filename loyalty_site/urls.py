@@ -54,6 +54,17 @@ def handler404(request, exception=None):
     return page_not_found(request, exception)
 
 
+def handler400(request, exception=None):
+    """JSON for API requests Django refuses before their view, the normal page otherwise."""
+    if request.path.startswith("/api/"):
+        from rewards.api_errors import api_bad_request
+
+        return api_bad_request(request, exception)
+    from django.views.defaults import bad_request
+
+    return bad_request(request, exception)
+
+
 # A database outage that breaks a request before its view (loading a session) gets the calm
 # 503 page too; any other error keeps Django's 500 page.
 handler500 = "loyalty_site.outages.server_error"

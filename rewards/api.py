@@ -7,6 +7,7 @@ import logging
 import re
 import threading
 import time
+import unicodedata
 from decimal import Decimal
 
 from django.conf import settings
@@ -121,6 +122,34 @@ class StrictStringMixin:
 
 class StrictCharField(StrictStringMixin, serializers.CharField):
     default_error_messages = {"invalid": "Must be a string."}
+
+
+# Control characters (and surrogates, private-use, unassigned, line and paragraph separators)
+# never belong in a reference; format characters (zero-width joiners in emoji, bidi marks) may,
+# but not a reference made of nothing else, which would print as an empty one.
+_UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cs", "Co", "Cn", "Zl", "Zp"})
+REF_UNPRINTABLE = "A customer reference cannot hold control characters or be only invisible ones."
+
+
+def ref_is_printable(value: str) -> bool:
+    categories = [unicodedata.category(ch) for ch in value]
+    if any(category in _UNPRINTABLE_CATEGORIES for category in categories):
+        return False
+    return any(category != "Cf" and not ch.isspace() for category, ch in zip(categories, value, strict=True))
+
+
+class CustomerRefField(StrictCharField):
+    """A customer's external_ref: up to 64 printable characters."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("max_length", 64)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        if not ref_is_printable(value):
+            raise serializers.ValidationError(REF_UNPRINTABLE)
+        return value
 
 
 class StrictSlugField(StrictStringMixin, serializers.SlugField):
@@ -334,7 +363,7 @@ class ItemIn(serializers.Serializer):
 
 class PurchaseIn(serializers.Serializer):
     external_id = StrictCharField(max_length=100)
-    customer = StrictCharField(max_length=64, help_text="The customer's external_ref.")
+    customer = CustomerRefField(help_text="The customer's external_ref.")
     amount = DecimalStringField()
     currency = StrictCharField(min_length=3, max_length=3)
     occurred_at = serializers.DateTimeField()
@@ -699,6 +728,8 @@ class CustomerEnrollView(LoyaltyAPIView):
         data = dict(serializer.validated_data)
         if len(external_ref) > 64:
             raise DomainError("The customer reference is too long (64 characters at most).", code="invalid")
+        if not ref_is_printable(external_ref):
+            raise DomainError(REF_UNPRINTABLE, code="invalid")
         referral_code = data.pop("referral_code", None)
         with transaction.atomic():
             customer, _ = services.customer_get_or_create(external_ref=external_ref)
@@ -942,7 +973,7 @@ class RedemptionCancelView(LoyaltyAPIView):
 
 
 class EventIn(serializers.Serializer):
-    customer = StrictCharField(max_length=64)
+    customer = CustomerRefField()
     type = StrictSlugField(max_length=64)
     external_id = StrictCharField(max_length=100)
     data = serializers.DictField(required=False, default=dict)
@@ -1014,7 +1045,7 @@ class EventCreateView(LoyaltyAPIView):
 
 
 class PreviewIn(serializers.Serializer):
-    customer = StrictCharField(max_length=64, required=False)
+    customer = CustomerRefField(required=False)
     amount = DecimalStringField()
     items = ItemIn(many=True, required=False, max_length=500)
     occurred_at = serializers.DateTimeField(required=False)

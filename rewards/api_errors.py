@@ -2,7 +2,7 @@
 
 import logging
 
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 from django.db.models import F
 from django.http import JsonResponse
@@ -163,6 +163,8 @@ def _api_exception_response(exc, context):
             ),
             status=413,
         )
+    if isinstance(exc, TooManyFieldsSent):
+        return Response(error_body(*TOO_MANY_FIELDS), status=400)
     if isinstance(exc, exceptions.ValidationError):
         fields = _flatten(exc.detail)
         first = next(iter(fields.items()), ("", ["invalid"]))
@@ -177,6 +179,18 @@ def _api_exception_response(exc, context):
     detail = getattr(exc, "detail", "")
     response.data = error_body(code, message or str(detail))
     return response
+
+
+TOO_MANY_FIELDS = ("too_many_parameters", "The request has too many parameters (1,000 at most).")
+
+
+def api_bad_request(request, exception=None):
+    """JSON 400 for requests Django refuses before a view (e.g. over 1,000 query parameters)."""
+    if isinstance(exception, TooManyFieldsSent):
+        body = error_body(*TOO_MANY_FIELDS)
+    else:
+        body = error_body("bad_request", "The request is malformed.")
+    return JsonResponse(body, status=status.HTTP_400_BAD_REQUEST)
 
 
 def api_not_found(request, exception=None):

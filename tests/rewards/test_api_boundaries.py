@@ -159,14 +159,9 @@ def test_a_malformed_or_huge_authorization_header_is_401_json(db, header):
     assert response.json()["error"]["code"] in ("authentication_failed", "not_authenticated")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (issue 8): Django's TooManyFieldsSent reaches the API as an HTML 400; "
-    "rewards/api_errors.py should answer it in the error shape, as it does RequestDataTooBig",
-)
 def test_too_many_query_parameters_are_400_json(api):
     response = api.get("/api/v1/rewards?" + "&".join(f"p{i}=1" for i in range(1001)))
-    assert_4xx(response, 400)
+    assert_4xx(response, 400, "too_many_parameters")
 
 
 def test_json_nested_too_deep_to_parse_is_400_not_500(api):
@@ -436,3 +431,20 @@ def test_out_of_range_page_sizes_are_refused(api, page_size):
 def test_pages_out_of_range_are_404(api, page):
     post_json(api, "/api/v1/customers/C1/enroll", {})
     assert_4xx(api.get("/api/v1/customers/C1/ledger", {"page": page}), 404, "not_found")
+
+
+@pytest.mark.parametrize(
+    "ref",
+    ["C\n1", "C\x07 1", "\u200b", "\u200b\u200d\ufeff", "C\u2028D", "\ue000"],
+    ids=["newline", "bell", "zero-width-only", "only-invisible", "line-separator", "private-use"],
+)
+def test_customer_refs_with_control_characters_or_only_invisible_ones_are_400(api, ref):
+    response = post_json(api, "/api/v1/purchases", purchase(customer=ref))
+    assert_4xx(response, field="customer")
+    assert Purchase.objects.count() == 0
+
+
+def test_unicode_customer_refs_that_print_are_accepted(api):
+    for number, ref in enumerate(["Søren-1", "Пётр-2", "สมชาย-3", "李-4"]):
+        response = post_json(api, "/api/v1/purchases", purchase(customer=ref, external_id=f"u-{number}"))
+        assert response.status_code == 201, response.content
