@@ -186,7 +186,11 @@ def test_day_triggers_birthday_and_days_after_the_last_purchase(program, integra
         customer_ref=lapsed.external_ref,
         amount=Decimal("10"),
         currency="DKK",
-        occurred_at=timezone.now() - dt.timedelta(days=30),
+        # 30 calendar days ago in the program's time zone (30 × 24 h before now lands on
+        # another date in the hour before midnight when a DST change lies in between).
+        occurred_at=dt.datetime.combine(
+            today - dt.timedelta(days=30), dt.time(12), tzinfo=timezone.get_current_timezone()
+        ),
     )
     launch(campaign_make(name="Birthday", schedule="triggered", trigger="birthday"), now=timezone.now())
     launch(
