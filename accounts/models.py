@@ -1,5 +1,7 @@
 """Who people are: logins (User), customers, and the audit log of what staff did."""
 
+import unicodedata
+
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.contrib.contenttypes.models import ContentType
@@ -30,6 +32,22 @@ def referral_code_new() -> str:
 
     alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
     return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+# Control characters (and surrogates, private-use, unassigned, line and paragraph separators)
+# never belong in a customer reference; format characters (zero-width joiners in emoji, bidi
+# marks) may, but not a reference made of nothing else, which would print as an empty one.
+_UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def external_ref_is_printable(value: str) -> bool:
+    """Whether `value` may be a customer's external_ref (the API and the imports both ask)."""
+    if value.isascii():
+        return value.isprintable() and not value.isspace()
+    categories = [unicodedata.category(ch) for ch in value]
+    if any(category in _UNPRINTABLE_CATEGORIES for category in categories):
+        return False
+    return any(category != "Cf" and not ch.isspace() for category, ch in zip(categories, value, strict=True))
 
 
 class Customer(models.Model):

@@ -7,7 +7,6 @@ import logging
 import re
 import threading
 import time
-import unicodedata
 from decimal import Decimal
 
 from django.conf import settings
@@ -30,7 +29,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
-from accounts.models import Customer
+from accounts.models import Customer, external_ref_is_printable
 
 from . import rules, selectors, services
 from .errors import DomainError, NotFound
@@ -124,18 +123,7 @@ class StrictCharField(StrictStringMixin, serializers.CharField):
     default_error_messages = {"invalid": "Must be a string."}
 
 
-# Control characters (and surrogates, private-use, unassigned, line and paragraph separators)
-# never belong in a reference; format characters (zero-width joiners in emoji, bidi marks) may,
-# but not a reference made of nothing else, which would print as an empty one.
-_UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cs", "Co", "Cn", "Zl", "Zp"})
 REF_UNPRINTABLE = "A customer reference cannot hold control characters or be only invisible ones."
-
-
-def ref_is_printable(value: str) -> bool:
-    categories = [unicodedata.category(ch) for ch in value]
-    if any(category in _UNPRINTABLE_CATEGORIES for category in categories):
-        return False
-    return any(category != "Cf" and not ch.isspace() for category, ch in zip(categories, value, strict=True))
 
 
 class CustomerRefField(StrictCharField):
@@ -147,7 +135,7 @@ class CustomerRefField(StrictCharField):
 
     def to_internal_value(self, data):
         value = super().to_internal_value(data)
-        if not ref_is_printable(value):
+        if not external_ref_is_printable(value):
             raise serializers.ValidationError(REF_UNPRINTABLE)
         return value
 
@@ -728,7 +716,7 @@ class CustomerEnrollView(LoyaltyAPIView):
         data = dict(serializer.validated_data)
         if len(external_ref) > 64:
             raise DomainError("The customer reference is too long (64 characters at most).", code="invalid")
-        if not ref_is_printable(external_ref):
+        if not external_ref_is_printable(external_ref):
             raise DomainError(REF_UNPRINTABLE, code="invalid")
         referral_code = data.pop("referral_code", None)
         with transaction.atomic():

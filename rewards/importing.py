@@ -43,7 +43,7 @@ from django.core.validators import validate_email
 from django.db import connection, transaction
 from django.utils import timezone
 
-from accounts.models import Customer
+from accounts.models import Customer, external_ref_is_printable
 
 from . import services
 from .errors import DomainError
@@ -515,6 +515,8 @@ def _customer_ref(fields: list[str], index: int) -> str:
         raise _BadValue("customer reference is missing")
     if len(ref) > 64:
         raise _BadValue("customer reference is longer than 64 characters")
+    if not external_ref_is_printable(ref):
+        raise _BadValue("customer reference holds control characters or only invisible ones")
     return ref
 
 

@@ -168,6 +168,18 @@ def test_a_nul_character_is_a_bad_line_not_a_database_error(tmp_path, row):
     assert ids() == {"p1", "p3"}
 
 
+@pytest.mark.parametrize("ref", ["A\x07B", "\u200b", "A\u2028B"], ids=["bell", "zero-width-only", "line-sep"])
+def test_a_customer_reference_the_api_would_refuse_is_a_bad_line(tmp_path, ref):
+    """The same rule as the API's: control characters, or nothing but invisible ones."""
+    path = write(tmp_path, HEADER + good("p1") + f"{ref},{day(1)},10,p2,,\n" + good("p3"))
+
+    code, _out, err = run("import_purchases", path)
+
+    assert code == 1
+    assert reported(err) == ["line 3: customer reference holds control characters or only invisible ones"]
+    assert ids() == {"p1", "p3"}
+
+
 def test_a_nul_character_in_a_customer_row(tmp_path):
     path = write(tmp_path, "external_ref,name\nC1,Ann\nC2,B\x00o\nC3,Carl\n")
 
