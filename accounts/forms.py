@@ -5,6 +5,7 @@ import zoneinfo
 
 from django import forms
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import AuthenticationForm, PasswordResetForm
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -27,8 +28,18 @@ class EmailAuthenticationForm(AuthenticationForm):
         super().__init__(request, *args, **kwargs)
 
     def clean_username(self):
+        """The login to check: a member's is their address; a login named otherwise (staff,
+        the demo's member) is found by its address too when exactly one login has it."""
         value = self.cleaned_data["username"].strip()
-        return email_normalise(value) if "@" in value else value
+        if "@" not in value:
+            return value
+        value = email_normalise(value)
+        users = get_user_model().objects
+        if not users.filter(username=value).exists():
+            named = list(users.filter(email__iexact=value).values_list("username", flat=True)[:2])
+            if len(named) == 1:
+                return named[0]
+        return value
 
 
 class MemberPasswordResetForm(PasswordResetForm):

@@ -30,6 +30,14 @@ def test_members_log_in_with_their_email_in_any_case(client, anna):
     assert client.get(reverse("portal-home")).status_code == 200
 
 
+def test_a_login_named_otherwise_signs_in_with_its_email_too(client, anna):
+    """The demo's member (login "customer") and staff sign in with their address as well."""
+    anna.user.username = "customer"
+    anna.user.save(update_fields=["username"])
+    response = login(client, "Anna@example.com", PASSWORD)
+    assert response.status_code == 302 and response["Location"] == reverse("portal-home")
+
+
 def test_a_wrong_password_says_so_on_the_form(client, anna):
     response = login(client, "anna@example.com", "wrong-password")
     assert response.status_code == 200
