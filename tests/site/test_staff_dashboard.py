@@ -61,6 +61,8 @@ def shop(program, heartbeat):
     Bun costs 70: Ann redeems it twice and cancels the second voucher."""
     pos = Integration.objects.create(name="pos")
     now = timezone.now()
+    # "Today" is the program's local day: a few minutes ago, but never before its midnight.
+    midnight = timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
     ann, _ = services.customer_enroll(customer=CustomerFactory(first_name="Ann"))
     bo, _ = services.customer_enroll(customer=CustomerFactory(first_name="Bo"))
     cy = CustomerFactory(first_name="Cy")
@@ -70,7 +72,7 @@ def shop(program, heartbeat):
         customer_ref=ann.external_ref,
         amount=Decimal("120.00"),
         currency="DKK",
-        occurred_at=now - dt.timedelta(minutes=5),
+        occurred_at=max(now - dt.timedelta(minutes=5), midnight),
     )
     services.purchase_record(
         integration=pos,
@@ -86,7 +88,7 @@ def shop(program, heartbeat):
         customer_ref=cy.external_ref,
         amount=Decimal("10.00"),
         currency="DKK",
-        occurred_at=now - dt.timedelta(minutes=1),
+        occurred_at=max(now - dt.timedelta(minutes=1), midnight),
     )
     reward = RewardFactory(name="Bun", cost_points=70)
     services.reward_redeem(customer=ann, reward_id=reward.pk)
