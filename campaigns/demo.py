@@ -73,6 +73,8 @@ def demo_campaigns_ensure() -> list[str]:
         segment=segments["Consented members"],
         channel=Campaign.Channel.IN_APP,
         holdout_percent=20,
+        # A fixed salt: the same seed holds out the same members (and sends the same messages).
+        holdout_salt="demo-autumn",
         offer=Campaign.Offer.MULTIPLIER,
         offer_multiplier=2,
         offer_starts_at=past,

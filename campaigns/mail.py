@@ -2,11 +2,14 @@
 
 A mail server commits a message when it reads the final "." of the DATA command. We
 write the whole message except that dot, commit our own "sent" mark, and only then write
-the dot. A worker killed before our commit leaves half-sent messages that the server
-discards (the sweeper returns the rows and they are sent again, once); a worker killed
-after our commit has already handed the dots to the kernel or dies in the few
-microseconds between those writes. So there is no window for a duplicate, and the window
-for a loss is a few system calls wide.
+the dot. A worker killed before PostgreSQL commits the mark leaves half-sent messages that
+the server discards (the sweeper returns the rows and they are sent again, once). So there
+is no window for a duplicate. There is one for a loss, and no ordering of two systems
+closes both: a worker killed after PostgreSQL has committed a group's marks but before it
+has read that reply and written the dots (one round trip to the database, typically well
+under a millisecond) leaves that group marked sent and never delivered. It is at most one
+group (`CAMPAIGN_SMTP_SESSIONS` messages), all with the same `sent_at`; a mail server that
+takes a message twice is the worse failure for a campaign, so the window is on this side.
 
 Speed comes from doing this for k messages at once over k SMTP sessions kept open (k is
 `CAMPAIGN_SMTP_SESSIONS`): each step (MAIL, RCPT, DATA, the bodies, the dots) is written

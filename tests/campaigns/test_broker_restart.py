@@ -14,52 +14,18 @@ import collections
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import redis
-from django.db import connection
 
-from accounts.models import Customer
-from campaigns import delivery
-from campaigns.models import Audience, Delivery
-from campaigns.services import campaign_launch
-from tests.factories import campaign_make
+from campaigns.models import Delivery
+from tests.campaigns.sends import big_send, worker
 from tests.tcp_proxy import TCPProxy
 
-ROOT = Path(__file__).resolve().parents[2]
 RECIPIENTS = 1500
-
-
-def worker(queue: str, smtp_port: int, broker_url: str) -> subprocess.Popen:
-    """A real Celery worker process on the test database whose broker is behind the proxy."""
-    db = connection.settings_dict
-    host, port = db["HOST"] or "127.0.0.1", db["PORT"] or 5432
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "loyalty_site.settings.test",
-        "DATABASE_URL": f"postgres://{db['USER']}@{host}:{port}/{db['NAME']}",
-        "EMAIL_URL": f"smtp://127.0.0.1:{smtp_port}",
-        "SITE_URL": "https://loyalty.example.com",
-        "REDIS_URL": broker_url,
-        "CELERY_BROKER_URL": broker_url,
-        "CELERY_RESULT_BACKEND": broker_url,
-    }
-    return subprocess.Popen(
-        [
-            sys.executable, "-m", "celery", "-A", "loyalty_site", "worker", "-P", "solo", "-c", "1",
-            "-Q", queue, "-n", f"{queue}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
-            "-l", "WARNING",
-        ],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-    )  # fmt: skip
 
 
 def forget_queue(client: redis.Redis, queue: str) -> int:
@@ -82,23 +48,7 @@ def test_broker_restart_mid_send_loses_nothing_and_doubles_nothing(
 ):
     settings.CAMPAIGN_QUIET_HOURS = (0, 0)
     settings.CAMPAIGN_FREQUENCY_CAP = 0
-    Customer.objects.bulk_create(
-        Customer(
-            external_ref=f"R{i:05d}", email=f"r{i:05d}@example.com", marketing_consent=True, first_name="R"
-        )
-        for i in range(RECIPIENTS)
-    )
-    campaign = campaign_make(
-        name="Restart send",
-        holdout_percent=10,
-        conditions=[{"field": "consent"}],
-        contents={"en": ("Hi", "Body")},
-    )
-    campaign_launch(campaign=campaign)
-    delivery.dispatch()
-    treated = set(
-        Audience.objects.filter(campaign=campaign, holdout=False).values_list("customer__email", flat=True)
-    )
+    campaign, treated = big_send(name="Restart send", recipients=RECIPIENTS, prefix="R")
     assert len(treated) > RECIPIENTS * 0.8
 
     target = urlsplit(settings.CELERY_BROKER_URL)
