@@ -31,7 +31,9 @@ def referral_code_new() -> str:
     import secrets
 
     alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
-    return "".join(secrets.choice(alphabet) for _ in range(8))
+    # 32 symbols: each random byte's low 5 bits pick one uniformly (256 = 8 × 32). One call for
+    # the 8 bytes: secrets.choice per character cost 8 system calls, a sixth of an import's time.
+    return "".join(alphabet[byte & 31] for byte in secrets.token_bytes(8))
 
 
 # Control characters (and surrogates, private-use, unassigned, line and paragraph separators)

@@ -197,3 +197,17 @@ def test_the_language_switcher_works_for_visitors(client, db):
     response = client.post(reverse("set_language"), {"language": "sv", "next": "/"})
     assert response.status_code == 302
     assert client.get("/")["Content-Language"] == "sv"
+
+
+def test_referral_codes_use_every_symbol_in_every_position():
+    from collections import Counter
+
+    from accounts.models import referral_code_new
+
+    alphabet = set("ABCDEFGHJKLMNPQRSTUVWXYZ23456789")
+    codes = [referral_code_new() for _ in range(4000)]
+    assert all(len(code) == 8 and set(code) <= alphabet for code in codes)
+    for position in range(8):
+        counts = Counter(code[position] for code in codes)
+        # 125 expected per symbol; a biased mapping would starve or flood some.
+        assert set(counts) == alphabet and min(counts.values()) > 60 and max(counts.values()) < 200

@@ -17,7 +17,10 @@ class Command(CsvImportCommand):
         parser.add_argument(
             "--award-points",
             action="store_true",
-            help="Award points for members' purchases made since they enrolled (slower: one at a time).",
+            help=(
+                "Award points for members' purchases made since they enrolled "
+                "(slower: the ledger is written too)."
+            ),
         )
 
     def run_import(self, options, **common):
