@@ -49,6 +49,7 @@ from .models import (
     Refund,
     Reward,
 )
+from .prepared import prepared_cursor
 from .selectors import program_get, qualifying_spend, tier_lowest
 
 Kind = LedgerEntry.Kind
@@ -226,7 +227,7 @@ def customer_get_or_create(*, external_ref: str, defaults: dict | None = None) -
     unique constraint and the existing row is returned.
     """
     # Raw: on the hot path of purchases, where compiling the ORM query cost more than running it.
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(_CUSTOMER_BY_REF_SQL, [external_ref])
         row = cursor.fetchone()
     if row:
@@ -383,7 +384,7 @@ def _promotions(value) -> list[tuple[str, Decimal]]:
 def _member_lock(customer_id: int, *, at: dt.datetime) -> tuple[PointsAccount, list[tuple[str, Decimal]]]:
     """Lock the member's account row and read the promotions in force for them at `at`, in one
     round trip. The tier comes from the program's cached tiers (see selectors.program_get)."""
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(_MEMBER_LOCK_SQL, {"customer": customer_id, "at": at})
         row = cursor.fetchone()
     if row is None:
@@ -395,7 +396,7 @@ def _member_lock(customer_id: int, *, at: dt.datetime) -> tuple[PointsAccount, l
 def _member_lock_by_ref(
     external_ref: str, *, at: dt.datetime
 ) -> tuple[Customer, PointsAccount, list[tuple[str, Decimal]]] | None:
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(_MEMBER_LOCK_BY_REF_SQL, {"ref": external_ref, "at": at})
         row = cursor.fetchone()
     if row is None:
@@ -416,7 +417,7 @@ WITH p AS (
         points_earned, points_clawed_back, was_member, request_hash, balance_after, explanation, created_at
     ) VALUES (
         %(integration)s, %(external_id)s, %(customer)s, %(amount)s, %(currency)s, %(occurred_at)s, 0,
-        %(points)s, 0, %(was_member)s, %(hash)s, %(balance_after)s, %(explanation)s::jsonb, %(now)s
+        %(points)s, 0, %(was_member)s, %(hash)s, %(balance_after)s::integer, %(explanation)s::jsonb, %(now)s
     )
     ON CONFLICT (integration_id, external_id) DO NOTHING
     RETURNING id
@@ -430,7 +431,7 @@ WITH p AS (
     INSERT INTO rewards_ledgerentry (
         account_id, kind, points, balance_after, created_at, idempotency_key, explanation, reason, purchase_id
     )
-    SELECT %(customer)s, %(kind)s, %(points)s, %(balance_after)s, %(earned_at)s::timestamptz,
+    SELECT %(customer)s, %(kind)s, %(points)s, %(balance_after)s::integer, %(earned_at)s::timestamptz,
            'purchase:' || p.id || ':earn', %(entry_explanation)s::jsonb, '', p.id
     FROM p WHERE %(credit)s
     RETURNING id
@@ -440,7 +441,7 @@ WITH p AS (
            %(expires_at)s::timestamptz
     FROM e WHERE %(lot_points)s > 0
 ), a AS (
-    UPDATE rewards_pointsaccount SET balance = %(balance_after)s, updated_at = %(now)s
+    UPDATE rewards_pointsaccount SET balance = %(balance_after)s::integer, updated_at = %(now)s
     WHERE customer_id = %(customer)s AND EXISTS (SELECT 1 FROM e)
 )
 SELECT (SELECT id FROM p), (SELECT id FROM e),
@@ -523,7 +524,7 @@ def _purchase_record(
         category.append(str(line.get("category") or "")[:64])
         quantity.append(Decimal(str(line.get("quantity") or 1)))
         line_amount.append(Decimal(str(line["amount"])))
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(
             _PURCHASE_WRITE_SQL,
             {
@@ -692,10 +693,13 @@ def _referral_bonus_check(account: PointsAccount, customer: Customer, *, purchas
     True when this member's balance changed."""
     if customer.referred_by_id is None:
         return False
-    key_referee = f"referral:{customer.pk}:referee"
-    if _entry_exists(key_referee):
-        return False
     program = program_get()["rules"]
+    if not program.referral_bonus_referee and not program.referral_bonus_referrer:
+        return False
+    key_referee, key_referrer = f"referral:{customer.pk}:referee", f"referral:{customer.pk}:referrer"
+    # Either side's entry means the bonus was given (one of the two may be 0 and have none).
+    if LedgerEntry.objects.filter(idempotency_key__in=[key_referee, key_referrer]).exists():
+        return False
     referrer_account = PointsAccount.objects.select_for_update().filter(pk=customer.referred_by_id).first()
     # Credited when the qualifying purchase happened, so back-dated history stays in order.
     now = min(purchase.occurred_at, timezone.now())
@@ -714,7 +718,7 @@ def _referral_bonus_check(account: PointsAccount, customer: Customer, *, purchas
             referrer_account,
             kind=Kind.BONUS,
             points=program.referral_bonus_referrer,
-            key=f"referral:{customer.pk}:referrer",
+            key=key_referrer,
             explanation=[
                 {"code": "referral_referrer", "friend": customer.first_name or customer.external_ref}
             ],

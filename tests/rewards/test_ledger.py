@@ -203,3 +203,17 @@ def test_birthday_bonus_once_a_year(program, integration):
     assert services.birthday_bonuses_award(on_date=day)["awarded"] == 1
     assert services.birthday_bonuses_award(on_date=day)["awarded"] == 0
     assert balance(customer) == 250
+
+
+def test_a_referral_paying_only_the_referrer_pays_once_and_later_purchases_still_record(program, integration):
+    # With no bonus for the referred friend, only the referrer's entry marks the bonus as given.
+    from tests.factories import CustomerFactory, program_rules_set
+
+    program_rules_set(referral_bonus_referrer=100, referral_bonus_referee=0)
+    referrer, _ = services.customer_enroll(customer=CustomerFactory())
+    friend, _ = services.customer_enroll(customer=CustomerFactory(), referral_code=referrer.referral_code)
+    before = balance(referrer)
+    for n in range(3):
+        assert buy(integration, friend, "50", f"ref-{n}").created
+    assert balance(referrer) == before + 100
+    assert LedgerEntry.objects.filter(idempotency_key__startswith=f"referral:{friend.pk}:").count() == 1
