@@ -25,6 +25,7 @@ from .models import (
     Reward,
     Tier,
 )
+from .prepared import prepared_cursor
 from .rules import EarnContext
 
 # Rules, category multipliers and tiers change rarely and are read on every
@@ -175,7 +176,7 @@ def customer_standing_get(*, external_ref: str, expiring_within_days: int = 30) 
     (net spend of the last 365 days) and `points_expiring_soon` (left on lots expiring within
     the given days). The same figures as qualifying_spend and points_expiring."""
     now = timezone.now()
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(
             _CUSTOMER_STANDING_SQL,
             {

@@ -214,6 +214,9 @@ def _own_rate_limit_counts(settings, request):
     allowance. Servers run in a subprocess keep the run's namespace from the test settings."""
     test_id = hashlib.sha1(request.node.nodeid.encode(), usedforsecurity=False).hexdigest()[:12]
     settings.RATE_LIMIT_NAMESPACE = f"{settings.RATE_LIMIT_NAMESPACE}{test_id}:"
+    from rewards.api import _rate_leases
+
+    _rate_leases.clear()  # requests leased from another test's count
 
 
 @pytest.fixture(autouse=True)

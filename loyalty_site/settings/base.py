@@ -76,6 +76,21 @@ MIDDLEWARE = [
     # Last, as django-axes asks: turns a lockout into its own response.
     "axes.middleware.AxesMiddleware",
 ]
+# The integration API (/api/v1/: the shops' systems, a bearer token each, JSON) runs through a
+# stack of its own (loyalty_site/wsgi.py): the same headers, outage answer and language as the
+# pages, without what only a browser session uses (static files, sessions, CSRF, logins, staff
+# two-factor, member preferences, messages, login lockouts), which cost a tenth of a purchase's
+# CPU. The test client runs MIDDLEWARE; tests/site/test_api_lane.py runs the site's WSGI app.
+API_PATH_PREFIX = "/api/v1/"
+API_MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    # The same policy as CSPMiddleware's, built once (JSON answers carry no nonce).
+    "loyalty_site.middleware.ApiContentSecurityPolicyMiddleware",
+    "loyalty_site.outages.DatabaseUnavailableMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
 
 ROOT_URLCONF = "loyalty_site.urls"
 WSGI_APPLICATION = "loyalty_site.wsgi.application"
@@ -100,8 +115,28 @@ TEMPLATES = [
 ]
 
 # https://django-environ.readthedocs.io/en/latest/types.html#environ-env-db-url
+
+
+def database_settings(database: dict) -> dict:
+    """What every environment adds to its DATABASE_URL.
+
+    PostgreSQL: psycopg's prepared statements switched on, with a threshold no statement
+    reaches by repetition, so only the statements that ask for it are prepared (the purchase
+    path, rewards/prepared.py: planned once per connection instead of on every purchase).
+    A transaction-mode pooler that cannot carry prepared statements (PgBouncer before 1.21, or
+    without max_prepared_statements): DATABASE_PREPARED_STATEMENTS=False.
+    https://www.psycopg.org/psycopg3/docs/advanced/prepare.html
+    https://docs.djangoproject.com/en/5.2/ref/databases/#server-side-parameters-binding
+    """
+    if "postgresql" in database["ENGINE"] and env.bool("DATABASE_PREPARED_STATEMENTS", default=True):
+        database.setdefault("OPTIONS", {}).setdefault("prepare_threshold", 2**31 - 1)
+    return database
+
+
 DATABASES = {
-    "default": env.db("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/loyalty"),
+    "default": database_settings(
+        env.db("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/loyalty")
+    ),
 }
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 # Persistent connections: one per gunicorn worker thread, checked before reuse.
@@ -205,6 +240,11 @@ def _totp_issuer(device):
 
 OTP_TOTP_ISSUER = _totp_issuer
 OTP_ADMIN_HIDE_SENSITIVE_DATA = True
+
+# --- Analytics ----------------------------------------------------------------
+# Per-customer scores (a row per shopper) are kept for the latest few full analytics runs only;
+# pages and campaign segments read the latest. Older runs keep their metrics, cohorts and effects.
+ANALYTICS_SCORE_RUNS_KEPT = env.int("ANALYTICS_SCORE_RUNS_KEPT", default=3)
 
 # --- Campaigns ----------------------------------------------------------------
 # The site's public address, for links in emails (tracked links, unsubscribe).

@@ -5,13 +5,13 @@ Required: SECRET_KEY, DATABASE_URL, REDIS_URL, ALLOWED_HOSTS. Passes
 """
 
 from .base import *  # noqa: F403
-from .base import env
+from .base import database_settings, env
 
 # https://docs.djangoproject.com/en/5.2/ref/settings/#secret-key — no default.
 SECRET_KEY = env("SECRET_KEY")
 DEBUG = False
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS")
-DATABASES = {"default": env.db("DATABASE_URL")}
+DATABASES = {"default": database_settings(env.db("DATABASE_URL"))}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 

@@ -7,13 +7,15 @@ once, saying which service is missing, when one does not answer.
 import uuid
 
 from .base import *  # noqa: F403
-from .base import REDIS_CACHE_OPTIONS, env
+from .base import REDIS_CACHE_OPTIONS, database_settings, env
 
 SECRET_KEY = "test-only-secret-key-0123456789abcdefghijklmnopqrstuvwxyz"  # noqa: S105
 DEBUG = False
 ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
 
-DATABASES = {"default": env.db("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/loyalty")}
+DATABASES = {
+    "default": database_settings(env.db("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/loyalty"))
+}
 DATABASES["default"]["CONN_MAX_AGE"] = 0
 DATABASES["default"]["TEST"] = {"NAME": env("TEST_DATABASE_NAME", default="test_loyalty")}
 

@@ -290,6 +290,31 @@ def test_hot_paths_stay_within_their_query_budget(api, django_assert_max_num_que
         assert api.get("/api/v1/customers/C1").status_code == 200
 
 
+def _prepared_statements() -> dict[str, int]:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement, generic_plans + custom_plans FROM pg_prepared_statements")
+        return dict(cursor.fetchall())
+
+
+def test_hot_path_statements_are_prepared_once_per_connection_and_reused(api):
+    # PostgreSQL plans the purchase's big statement once per connection, not per purchase
+    # (rewards/prepared.py); other statements are not prepared.
+    api.post("/api/v1/customers/C1/enroll", {}, format="json")
+    for n in range(3):
+        body = purchase_body(external_id=f"p-{n}", items=[{"category": "coffee", "amount": "129.95"}])
+        assert api.post("/api/v1/purchases", body, format="json").status_code == 201
+        assert api.get("/api/v1/customers/C1").status_code == 200
+    executions = _prepared_statements()
+    write = [n for statement, n in executions.items() if "INSERT INTO rewards_purchase " in statement]
+    lock = [n for statement, n in executions.items() if "FOR UPDATE OF a" in statement]
+    read = [n for statement, n in executions.items() if "LEFT JOIN rewards_pointsaccount" in statement]
+    assert write == [3] and lock == [3] and read == [3], executions
+    assert all("rewards_" in statement or "accounts_" in statement for statement in executions)
+    assert len(executions) <= 4, executions
+
+
 def test_a_revoked_or_disabled_token_is_refused_at_once(api):
     assert api.get("/api/v1/rewards").status_code == 200  # the token is now remembered
     api.integration.refresh_from_db()

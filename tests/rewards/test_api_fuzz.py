@@ -14,18 +14,19 @@ import os
 import pytest
 import schemathesis
 from django.core import signals
-from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
 
+from loyalty_site.wsgi import application
 from rewards.services import customer_enroll, integration_token_create, reward_redeem
 from tests.factories import CustomerFactory, RewardFactory
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "10"))
 FUZZ_SEED = int(os.environ.get("FUZZ_SEED", "20261123"))
 
-# Loaded at collection, in-process: the schema view needs no database.
-schema = schemathesis.openapi.from_wsgi("/api/schema/?format=json", get_wsgi_application())
+# Loaded at collection, in-process: the schema view needs no database. The site's own WSGI
+# application, so the calls run through the API's middleware stack as under gunicorn.
+schema = schemathesis.openapi.from_wsgi("/api/schema/?format=json", application)
 # No example database: the seed alone decides what is sent, so a failure replays anywhere.
 # Every call carries the valid token (401s are the authorization tests' business), and unknown
 # query parameters are ignored by design (cache busters, tracking), so neither is a "negative" case.

@@ -2,6 +2,7 @@
 counted on its own; with the cache gone, requests pass (never a 500)."""
 
 import socket
+import time
 
 import pytest
 from rest_framework.test import APIClient
@@ -55,3 +56,43 @@ def test_without_the_cache_the_api_lets_requests_through(limited, settings):
     }
     till = client_for("Till 2")
     assert {till.get("/api/v1/rewards").status_code for _ in range(LIMIT * 2)} == {200}
+
+
+def test_under_a_large_limit_leases_never_let_more_than_the_limit_through(db, settings):
+    # 1,000 a minute: each Redis round trip leases 5 requests. Three processes (their leases
+    # forgotten in turn, as separate processes would hold their own) together get at most the
+    # limit, and each leased block costs one round trip.
+    from django.core.cache import caches
+
+    from rewards import api
+
+    per_minute, window = 1000, 3600  # an hour's window: the test never crosses its end
+    assert api._api_rate_lease_size(per_minute) == 5
+    leases_of = [{}, {}, {}]
+    allowed = 0
+    for n in range(1100):
+        process = leases_of[n % 3]
+        api._rate_leases.clear()
+        api._rate_leases.update(process)
+        if api._api_rate_limit_hit(42, per_minute, window) is None:
+            allowed += 1
+        process.clear()
+        process.update(api._rate_leases)
+    unused = sum(sum(leases.values()) for leases in leases_of)
+    assert allowed + unused == per_minute  # nothing counted twice, nothing let through past it
+    assert per_minute - 3 * 5 <= allowed <= per_minute
+    counted = (
+        caches["default"]
+        ._cache.get_client(None, write=False)
+        .keys(f"*api:token:*:{int(time.time()) // window}")
+    )
+    assert counted  # the count lives in Redis, not only in the processes
+    assert api._api_rate_limit_hit(42, per_minute, window) is not None  # the limit holds afterwards
+
+
+def test_small_limits_are_counted_exactly_per_request():
+    from rewards import api
+
+    assert api._api_rate_lease_size(20_000) == 50
+    assert api._api_rate_lease_size(399) == 1
+    assert api._api_rate_lease_size(LIMIT) == 1

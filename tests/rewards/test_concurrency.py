@@ -42,6 +42,19 @@ def run_concurrently(n: int, fn):
     return results
 
 
+def record(integration, customer_ref: str, external_id: str, amount: Decimal, *, at=None, **more):
+    """purchase_record in the program's currency, now unless `at`."""
+    return services.purchase_record(
+        integration=integration,
+        external_id=external_id,
+        customer_ref=customer_ref,
+        amount=amount,
+        currency="DKK",
+        occurred_at=at or timezone.now(),
+        **more,
+    )
+
+
 @pytest.fixture
 def setup_program():
     program_rules_set(points_per_unit=1, signup_bonus=0, expiry_months=24)
@@ -51,14 +64,7 @@ def setup_program():
 def test_50_concurrent_redemptions_against_a_balance_for_10(setup_program):
     customer, _ = services.customer_enroll(customer=CustomerFactory())
     integration = IntegrationFactory()
-    services.purchase_record(
-        integration=integration,
-        external_id="seed",
-        customer_ref=customer.external_ref,
-        amount=Decimal("1000"),
-        currency="DKK",
-        occurred_at=timezone.now(),
-    )
+    record(integration, customer.external_ref, "seed", Decimal("1000"))
     reward = RewardFactory(cost_points=100)
 
     results = run_concurrently(50, lambda i: services.reward_redeem(customer=customer, reward_id=reward.pk))
@@ -81,14 +87,7 @@ def test_same_purchase_posted_20_times_concurrently_is_one_set_of_entries(setup_
     at = timezone.now()
 
     def post(i):
-        return services.purchase_record(
-            integration=integration,
-            external_id="dup",
-            customer_ref=customer.external_ref,
-            amount=Decimal("250"),
-            currency="DKK",
-            occurred_at=at,
-        )
+        return record(integration, customer.external_ref, "dup", Decimal("250"), at=at)
 
     results = run_concurrently(20, post)
     assert all(isinstance(r, services.PurchaseResult) for r in results), results
@@ -104,15 +103,7 @@ def test_same_new_shopper_purchase_20_times_concurrently_creates_one_customer_an
     at = timezone.now()
 
     def post(i):
-        return services.purchase_record(
-            integration=integration,
-            external_id="new",
-            customer_ref="BRAND-NEW",
-            amount=Decimal("10"),
-            currency="DKK",
-            occurred_at=at,
-            enroll=True,
-        )
+        return record(integration, "BRAND-NEW", "new", Decimal("10"), at=at, enroll=True)
 
     results = run_concurrently(20, post)
     assert all(isinstance(r, services.PurchaseResult) for r in results), results
@@ -127,14 +118,8 @@ def test_same_purchase_id_with_two_bodies_concurrently_records_one_and_refuses_t
     at = timezone.now()
 
     def post(i):
-        return services.purchase_record(
-            integration=integration,
-            external_id="same-id",
-            customer_ref=customer.external_ref,
-            amount=Decimal("100") if i % 2 else Decimal("300"),
-            currency="DKK",
-            occurred_at=at,
-        )
+        amount = Decimal("100") if i % 2 else Decimal("300")
+        return record(integration, customer.external_ref, "same-id", amount, at=at)
 
     results = run_concurrently(20, post)
     recorded = Purchase.objects.get()
@@ -153,15 +138,8 @@ def test_same_non_member_purchase_20_times_concurrently_is_recorded_once(setup_p
     at = timezone.now()
 
     def post(i):
-        return services.purchase_record(
-            integration=integration,
-            external_id="shopper-dup",
-            customer_ref=shopper.external_ref,
-            amount=Decimal("42.50"),
-            currency="DKK",
-            occurred_at=at,
-            lines=[{"category": "coffee", "amount": Decimal("42.50")}],
-        )
+        lines = [{"category": "coffee", "amount": Decimal("42.50")}]
+        return record(integration, shopper.external_ref, "shopper-dup", Decimal("42.50"), at=at, lines=lines)
 
     results = run_concurrently(20, post)
     assert all(isinstance(r, services.PurchaseResult) for r in results), results
@@ -176,14 +154,7 @@ def test_concurrent_purchases_of_one_member_add_up_and_upgrade_the_tier_once_cro
     integration = IntegrationFactory()
 
     def post(i):
-        return services.purchase_record(
-            integration=integration,
-            external_id=f"c{i}",
-            customer_ref=customer.external_ref,
-            amount=Decimal("250"),
-            currency="DKK",
-            occurred_at=timezone.now(),
-        )
+        return record(integration, customer.external_ref, f"c{i}", Decimal("250"))
 
     results = run_concurrently(12, post)  # 3,000 of spend: past silver (2,000)
     assert all(isinstance(r, services.PurchaseResult) and r.created for r in results), results
@@ -200,14 +171,7 @@ def test_concurrent_refunds_purchases_and_redemptions_keep_the_invariants(setup_
     customer, _ = services.customer_enroll(customer=CustomerFactory())
     integration = IntegrationFactory()
     for i in range(5):
-        services.purchase_record(
-            integration=integration,
-            external_id=f"p{i}",
-            customer_ref=customer.external_ref,
-            amount=Decimal("200"),
-            currency="DKK",
-            occurred_at=timezone.now(),
-        )
+        record(integration, customer.external_ref, f"p{i}", Decimal("200"))
     reward = RewardFactory(cost_points=150, stock=3)
 
     def mixed(i):
@@ -220,14 +184,7 @@ def test_concurrent_refunds_purchases_and_redemptions_keep_the_invariants(setup_
             )
         if i % 3 == 1:
             return services.reward_redeem(customer=customer, reward_id=reward.pk)
-        return services.purchase_record(
-            integration=integration,
-            external_id=f"n{i}",
-            customer_ref=customer.external_ref,
-            amount=Decimal("30"),
-            currency="DKK",
-            occurred_at=timezone.now(),
-        )
+        return record(integration, customer.external_ref, f"n{i}", Decimal("30"))
 
     results = run_concurrently(24, mixed)
     unexpected = [r for r in results if isinstance(r, Exception) and not isinstance(r, DomainError)]
