@@ -42,7 +42,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from . import sql
-from .compute import Parameters
+from .compute import Parameters, months_sql
 
 COVARIATES = ["recency", "frequency", "monetary", "tenure", "history_frequency"]
 OUTCOMES = ["purchase_days", "spend"]
@@ -215,7 +215,7 @@ _UNIT_SQL = """
     FROM analytics_effect_cohort k
     JOIN analytics_cust c ON {join}
     JOIN analytics_cs s ON s.customer_id = c.customer_id AND s.first_month <= k.e - {K}
-    JOIN analytics_cm cm ON cm.customer_id = c.customer_id AND cm.month <= k.e + {K}
+    JOIN ({months}) cm ON cm.customer_id = c.customer_id AND cm.month <= k.e + {K}
     {where}
     GROUP BY c.customer_id, k.e, s.first_day, c.enrolled_month
     HAVING SUM(CASE WHEN cm.month = k.e THEN 1 ELSE 0 END) > 0
@@ -229,12 +229,15 @@ def program_effect(p: Parameters) -> EffectResult:
     sql.temp_table("analytics_effect_cohort", "e integer PRIMARY KEY")
     sql.rows_insert("analytics_effect_cohort", ["e"], [(e,) for e in cohorts])
     starts = {e: sql.day_number(sql.month_start(e)) for e in cohorts}
-    treated = Units.of(
-        sql.fetchall(
-            _UNIT_SQL.format(K=K, join="c.enrolled_month = k.e", where="", post_end=f"k.e + {K}"), []
-        ),
-        starts,
-    )
+
+    def units(join: str, where: str, post_end: str) -> Units:
+        # The months of tens of thousands of members and sampled candidates, probed per customer
+        # in the months' primary-key indexes rather than joined to all five million months.
+        with sql.planner(hashjoin=False, mergejoin=False):
+            query = _UNIT_SQL.format(K=K, join=join, where=where, post_end=post_end, months=months_sql(p))
+            return Units.of(sql.fetchall(query, []), starts)
+
+    treated = units("c.enrolled_month = k.e", "", f"k.e + {K}")
     # A deterministic sample of the candidate controls when there are many (a multiplicative
     # hash of the id, the same on both databases).
     candidates_total = sql.fetchone(
@@ -244,18 +247,11 @@ def program_effect(p: Parameters) -> EffectResult:
     share = min(1.0, p.effect_controls_per_cohort / max(candidates_total, 1))
     # %% is one % once the driver has substituted parameters (psycopg and Django's SQLite alike).
     where = f"WHERE (c.customer_id * 2654435761) %% 100000 < {int(share * 100000)}" if share < 1 else ""
-    controls = Units.of(
-        sql.fetchall(
-            _UNIT_SQL.format(
-                K=K,
-                join="(c.enrolled_month IS NULL OR c.enrolled_month > k.e + 1)",
-                where=where,
-                post_end=f"(CASE WHEN c.enrolled_month IS NULL OR c.enrolled_month > k.e + {K} "
-                f"THEN k.e + {K} ELSE c.enrolled_month - 1 END)",
-            ),
-            [],
-        ),
-        starts,
+    controls = units(
+        "(c.enrolled_month IS NULL OR c.enrolled_month > k.e + 1)",
+        where,
+        f"(CASE WHEN c.enrolled_month IS NULL OR c.enrolled_month > k.e + {K} "
+        f"THEN k.e + {K} ELSE c.enrolled_month - 1 END)",
     )
     rng = np.random.default_rng(p.seed)
     rows: list[dict] = []

@@ -14,13 +14,16 @@ one visit are one purchase); the receipt count is kept beside it in `extra`.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
+from typing import TypeVar
 
 from . import sql
-from .compute import Parameters
+from .compute import Parameters, months_in_order, months_sql
 
 PERIODS = {"month": 1, "quarter": 3, "year": 12}
 PERIODS_BACK = {"month": 24, "quarter": 12, "year": 5}
 SEGMENTS = {1: "members", 0: "non_members"}
+T = TypeVar("T")
 
 
 def ratio(numerator, denominator) -> float | None:
@@ -58,10 +61,12 @@ def _period_bounds(index: int, length: int) -> tuple[dt.date, dt.date]:
 LONGER_PERIODS = [length for length in PERIODS.values() if length > 1]
 
 
-def monthly_activity(p: Parameters) -> list[tuple]:
-    """One pass over analytics_cm in (customer, month) order, grouped by month, membership,
-    first month and enrollment month (a few thousand rows): what the period series and the
-    cohorts are summed from. Per row: customers active in the month, their purchase days, net
+def monthly_activity(
+    p: Parameters, *, meanwhile: Callable[[], T] | None = None
+) -> list[tuple] | tuple[list, T]:
+    """One pass over the months (compute.months_sql) in (customer, month) order, grouped by
+    month, membership, first month and enrollment month (a few thousand rows): what the period
+    series and the cohorts are summed from. Per row: customers active in the month, their purchase days, net
     revenue and receipts; customers also active the month before; with ≥ 2 purchase days;
     whose last month it is; and, per longer period (quarter, year), customers whose first
     month in that period this is, of those the ones active in the period before, and the ones
@@ -77,19 +82,23 @@ def monthly_activity(p: Parameters) -> list[tuple]:
             f"COUNT(*) FILTER (WHERE {first_in_period} AND (days >= 2 OR next / {length} = month / {length})"
             ")",
         ]
-    return sql.fetchall(
-        f"""
-        SELECT month, is_member, first_month, enrolled_month, COUNT(*), SUM(days), SUM(net), SUM(receipts),
-               COUNT(*) FILTER (WHERE prev = month - 1), COUNT(*) FILTER (WHERE days >= 2),
-               COUNT(*) FILTER (WHERE next IS NULL), {", ".join(longer)}
-        FROM (SELECT month, is_member, enrolled_month, days, net, receipts,
-                     LAG(month) OVER w AS prev, LEAD(month) OVER w AS next,
-                     FIRST_VALUE(month) OVER w AS first_month
-              FROM analytics_cm WINDOW w AS (PARTITION BY customer_id ORDER BY month)) x
-        GROUP BY month, is_member, first_month, enrolled_month
-        """,
-        [],
-    )
+    # Membership, enrollment and first month per shopper from analytics_cs, merge-joined to the
+    # months as they come in (customer, month) order, so the window needs no sort.
+    query = f"""
+            SELECT month, is_member, first_month, enrolled_month, COUNT(*), SUM(days), SUM(net),
+                   SUM(receipts), COUNT(*) FILTER (WHERE prev = month - 1), COUNT(*) FILTER (WHERE days >= 2),
+                   COUNT(*) FILTER (WHERE next IS NULL), {", ".join(longer)}
+            FROM (SELECT m.month, cs.is_member, cs.enrolled_month, cs.first_month, m.days, m.net, m.receipts,
+                         LAG(m.month) OVER w AS prev, LEAD(m.month) OVER w AS next
+                  FROM ({months_sql(p)}) m JOIN analytics_cs cs ON cs.customer_id = m.customer_id
+                  WINDOW w AS (PARTITION BY m.customer_id ORDER BY m.month)) x
+            GROUP BY month, is_member, first_month, enrolled_month
+            """
+    with months_in_order():
+        if meanwhile is None:
+            return sql.fetchall(query, [])
+        # With `meanwhile` (plain Python work, the model fits): both at once, and its result too.
+        return sql.fetchall_meanwhile(query, meanwhile)
 
 
 def period_series(p: Parameters, activity: list[tuple] | None = None) -> list[dict]:
@@ -183,24 +192,9 @@ def window_metrics(p: Parameters) -> list[dict]:
     purchase days, counted when the later day falls in the window)."""
     a = p.as_of_number
     out = []
-    # One pass over the longest window for every window: per customer, then per membership.
+    # One pass for every window: per customer, then per membership.
     earliest = a - max(p.windows) + 1
-    per_customer = ", ".join(
-        f"SUM(CASE WHEN day_number >= {a - days + 1} THEN 1 ELSE 0 END) AS days_{days}, "
-        f"SUM(CASE WHEN day_number >= {a - days + 1} THEN net_amount ELSE 0 END) AS net_{days}, "
-        f"SUM(CASE WHEN day_number >= {a - days + 1} THEN receipts ELSE 0 END) AS receipts_{days}"
-        for days in p.windows
-    )
-    per_member = ", ".join(
-        f"SUM(CASE WHEN w.days_{days} > 0 THEN 1 ELSE 0 END), SUM(w.days_{days}), SUM(w.net_{days}), "
-        f"SUM(w.receipts_{days}), SUM(CASE WHEN w.days_{days} >= 2 THEN 1 ELSE 0 END)"
-        for days in p.windows
-    )
-    # Both statements read the window's days with a sequential scan: the rollup is laid out by
-    # customer, so the days of the last year are on nearly every page, and the (day_number)
-    # index would visit those pages in random order, twice as slow (9.3M days, PostgreSQL).
-    with sql.planner(indexscan=False, bitmapscan=False):
-        all_rows, all_gaps = _window_rows(p, earliest, per_customer, per_member)
+    all_rows, all_gaps = _window_rows(p, earliest)
     for number, days in enumerate(p.windows):
         start = a - days + 1
         rows = [(row[0], *row[1 + 5 * number : 6 + 5 * number]) for row in all_rows]
@@ -276,31 +270,83 @@ def window_metrics(p: Parameters) -> list[dict]:
     return out
 
 
-def _window_rows(p: Parameters, earliest: int, per_customer: str, per_member: str) -> tuple[list, list]:
+def _window_pieces(p: Parameters) -> tuple[str, dict[int, str]]:
+    """SQL of the pieces that make up every trailing window, and per window the condition on a
+    piece that it lies inside it. A window's whole months come from the monthly rollup (and the
+    as-of month from analytics_asof_month, up to the as-of date); only the days of the month in
+    which it starts, from that day on, come from the daily rollup. A third of the rows of a
+    year of purchase days, and no pass over all of them. Pieces: customer_id, m (month, for
+    months), d (day, for days), days, net, receipts."""
+    a = p.as_of_number
+    ranges, inside, wholes = [], {}, []
+    for window in p.windows:
+        start = a - window + 1
+        day = sql.day_of(start)
+        # The first month that lies wholly in the window, and the days before it that do.
+        whole = sql.month_number(day) + (day.day > 1)
+        partial_end = min(a, sql.day_number(sql.month_start(whole)) - 1)
+        inside[window] = f"(m >= {whole} OR d BETWEEN {start} AND {partial_end})"
+        if start <= partial_end:
+            ranges.append(f"day_number BETWEEN {start} AND {partial_end}")
+        wholes.append(whole)
+    first_whole = min(wholes)
+    no_day = "CAST(NULL AS INTEGER)"
+    pieces = f"""
+        SELECT customer_id, month_number AS m, {no_day} AS d, days, net_amount AS net, receipts
+        FROM analytics_customermonth WHERE month_number >= {first_whole} AND month_number < {p.as_of_month}
+        UNION ALL
+        SELECT customer_id, month_number, {no_day}, days, net_amount, receipts
+        FROM analytics_asof_month WHERE month_number >= {first_whole}
+        UNION ALL
+        SELECT customer_id, CAST(NULL AS INTEGER), day_number, 1, net_amount, receipts
+        FROM analytics_customerday WHERE {" OR ".join(ranges) or "1 = 0"}
+    """
+    return pieces, inside
+
+
+def _window_rows(p: Parameters, earliest: int) -> tuple[list, list]:
     """Per membership: the window sums; per membership and gap: the gap counts per window."""
     a = p.as_of_number
-    all_rows = sql.fetchall(
-        f"""
-        SELECT c.is_member, {per_member}
-        FROM (SELECT customer_id, {per_customer}
-              FROM analytics_customerday WHERE day_number BETWEEN %s AND %s GROUP BY customer_id) w
-        JOIN analytics_cust c ON c.customer_id = w.customer_id
-        GROUP BY c.is_member
-        """,
-        [earliest, a],
+    pieces, inside = _window_pieces(p)
+    per_customer = ", ".join(
+        f"SUM(CASE WHEN {inside[days]} THEN days ELSE 0 END) AS days_{days}, "
+        f"SUM(CASE WHEN {inside[days]} THEN net ELSE 0 END) AS net_{days}, "
+        f"SUM(CASE WHEN {inside[days]} THEN receipts ELSE 0 END) AS receipts_{days}"
+        for days in p.windows
     )
+    per_member = ", ".join(
+        f"SUM(CASE WHEN w.days_{days} > 0 THEN 1 ELSE 0 END), SUM(w.days_{days}), SUM(w.net_{days}), "
+        f"SUM(w.receipts_{days}), SUM(CASE WHEN w.days_{days} >= 2 THEN 1 ELSE 0 END)"
+        for days in p.windows
+    )
+    # A hash join to the customers: the planner, blind to how many customers the pieces have,
+    # would probe the customers' index half a million times.
+    with sql.planner(nestloop=False):
+        all_rows = sql.fetchall(
+            f"""
+            SELECT c.is_member, {per_member}
+            FROM (SELECT customer_id, {per_customer} FROM ({pieces}) pieces GROUP BY customer_id) w
+            JOIN analytics_cust c ON c.customer_id = w.customer_id
+            GROUP BY c.is_member
+            """,
+            [],
+        )
     per_gap = ", ".join(
         f"SUM(CASE WHEN d.day_number >= {a - days + 1} THEN 1 ELSE 0 END)" for days in p.windows
     )
-    all_gaps = sql.fetchall(
-        f"""
-        SELECT c.is_member, d.day_number - d.prev_day_number, {per_gap}
-        FROM analytics_customerday d JOIN analytics_cust c ON c.customer_id = d.customer_id
-        WHERE d.day_number BETWEEN %s AND %s AND d.prev_day_number IS NOT NULL
-        GROUP BY c.is_member, d.day_number - d.prev_day_number
-        """,
-        [earliest, a],
-    )
+    # The gaps read the window's days with a sequential scan: the rollup is laid out by customer,
+    # so the days of the last year are on nearly every page, and the (day_number) index would
+    # visit those pages in random order, twice as slow (9.3M days, PostgreSQL).
+    with sql.planner(indexscan=False, bitmapscan=False):
+        all_gaps = sql.fetchall(
+            f"""
+            SELECT c.is_member, d.day_number - d.prev_day_number, {per_gap}
+            FROM analytics_customerday d JOIN analytics_cust c ON c.customer_id = d.customer_id
+            WHERE d.day_number BETWEEN %s AND %s AND d.prev_day_number IS NOT NULL
+            GROUP BY c.is_member, d.day_number - d.prev_day_number
+            """,
+            [earliest, a],
+        )
     return all_rows, all_gaps
 
 

@@ -206,19 +206,6 @@ def _update(state: RollupState) -> dict:
     )
     state.purchase_id, state.refund_id, state.updated_at = purchase_id, refund_id, timezone.now()
     state.save(update_fields=["purchase_id", "refund_id", "updated_at"])
-    sql.execute("DROP TABLE analytics_touched", [])
+    # analytics_touched stays for the rest of the session: the incremental update re-scores
+    # exactly these customers (services.analytics_update); the next update replaces it.
     return {"purchase_days": rows, "customers_touched": touched}
-
-
-def touched_customers_since(purchase_id: int, refund_id: int) -> list[int]:
-    """Customers with purchases or refunds after the given ids (for refreshing their scores)."""
-    rows = sql.fetchall(
-        """
-        SELECT customer_id FROM rewards_purchase WHERE id > %s
-        UNION
-        SELECT p.customer_id FROM rewards_refund r JOIN rewards_purchase p ON p.id = r.purchase_id
-        WHERE r.id > %s
-        """,
-        [purchase_id, refund_id],
-    )
-    return [row[0] for row in rows]

@@ -15,6 +15,7 @@ import datetime as dt
 import logging
 import time
 
+from django.conf import settings
 from django.core import signing
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -97,14 +98,20 @@ def _refresh(run: AnalyticsRun, p: compute.Parameters, *, rebuild: bool, timings
     clock = _phase(timings, "rollup", clock)
     counts = compute.work_tables_build(p)
     clock = _phase(timings, "work_tables", clock)
-    fits = compute.fits_compute(p)
+    inputs = compute.fits_inputs(p)
+
+    def models():  # Python alone: no database
+        fits = compute.fits_from_inputs(*inputs)
+        return fits, compute.predictions_arrays(p, fits)
+
+    # The model fits and predictions (numpy, scipy) while PostgreSQL sums the monthly activity.
+    activity, (fits, predicted) = metrics.monthly_activity(p, meanwhile=models)
     compute.fits_save(run, fits)
-    clock = _phase(timings, "fits", clock)
-    model = compute.predictions_table_build(p, fits)
+    clock = _phase(timings, "fits_and_activity", clock)
+    model = compute.predictions_table_build(p, fits, arrays=predicted)
     clock = _phase(timings, "predictions", clock)
     scored = compute.scores_insert(run, p, fits, model=model)
     clock = _phase(timings, "scores", clock)
-    activity = metrics.monthly_activity(p)
     rows = metrics.period_series(p, activity)
     rows += metrics.window_metrics(p)
     rows += metrics.second_purchase_rates(p)
@@ -118,7 +125,7 @@ def _refresh(run: AnalyticsRun, p: compute.Parameters, *, rebuild: bool, timings
     clock = _phase(timings, "money", clock)
     result = effect.program_effect(p)
     effects = result.rows + naive_gap_rows(rows)
-    rows += program_value_rows(p, result.rows)
+    rows += program_value_rows(p, result.rows, activity, rows)
     clock = _phase(timings, "effect", clock)
     MetricValue.objects.bulk_create(MetricValue(run=run, **row) for row in rows)
     CohortCell.objects.bulk_create(CohortCell(run=run, **cell) for cell in cells)
@@ -137,6 +144,8 @@ def _refresh(run: AnalyticsRun, p: compute.Parameters, *, rebuild: bool, timings
     AnalyticsRun.objects.filter(pk=run.pk).update(
         status=AnalyticsRun.Status.DONE, timings=timings, parameters=parameters, finished_at=timezone.now()
     )
+    # In the same transaction: a failed run keeps the previous runs' scores.
+    compute.scores_prune(keep_runs=settings.ANALYTICS_SCORE_RUNS_KEPT)
 
 
 def naive_gap_rows(rows: list[dict]) -> list[dict]:
@@ -188,32 +197,43 @@ def naive_gap_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
-def program_value_rows(p: compute.Parameters, effect_rows: list[dict]) -> list[dict]:
-    """Incremental purchase days and revenue over the trailing 12 months (pooled DiD per
-    member-month × member-months in those months) and the program's ROI =
-    (incremental margin − cost of rewards redeemed − program costs) ÷ program costs."""
+def program_value_rows(
+    p: compute.Parameters, effect_rows: list[dict], activity: list[tuple], metric_rows: list[dict]
+) -> list[dict]:
+    """Incremental purchase days and revenue over the trailing 12 months, and the program's
+    ROI = (incremental margin − cost of rewards redeemed − program costs) ÷ program costs.
+
+    METRICS.md defines the program's incremental repeat purchases (and revenue) per member per
+    month: the pooled difference in differences, which is measured on members who were buying
+    when they joined, over the months after their enrollment month. The totals apply it to the
+    member-months it speaks for: each member's months after the month they joined, up to the
+    month of their last purchase day, in the last 12 months. Not to every month of every
+    member: the months after a member stopped buying (lapsed members) would each add the
+    average effect of an active member, and the total would overstate what the program added
+    (on the demo's simulated shoppers by more than half). The 95 % interval of the totals is
+    the estimate's interval times the same member-months."""
     pooled = {
         r["outcome"]: r
         for r in effect_rows
         if r["method"] == "did" and r["cohort"] is None and r["segment"] == "all"
     }
     first = p.as_of_month - 11
+    # From the monthly activity: members (at the as-of date) by enrollment month and the month
+    # of their last purchase day (column 10 counts the customers whose last month it is).
     member_months = 0
-    for enrolled_month, count in sql.fetchall(
-        f"""SELECT enrolled_month, COUNT(*) FROM analytics_cust
-            WHERE enrolled_day <= {p.as_of_number} GROUP BY enrolled_month""",
-        [],
-    ):
-        member_months += count * (p.as_of_month - max(enrolled_month, first) + 1)
+    for month, member, _first_month, enrolled_month, *counts in activity:
+        last_here = counts[6]
+        if member and enrolled_month is not None and last_here:
+            start, end = max(enrolled_month + 1, first), min(month, p.as_of_month)
+            member_months += last_here * max(0, end - start + 1)
     start = sql.month_start(first)
-    end = sql.timestamp_param(sql.local_midnight(p.as_of + dt.timedelta(days=1)))
-    begin = sql.timestamp_param(sql.local_midnight(start))
-    redeemed = sql.fetchone(
-        """SELECT COALESCE(-SUM(CASE WHEN kind = 'redeem' THEN points ELSE 0 END), 0)
-                - COALESCE(SUM(CASE WHEN kind = 'reversal' AND redemption_id IS NOT NULL THEN points END), 0)
-           FROM rewards_ledgerentry WHERE created_at >= %s AND created_at < %s""",
-        [begin, end],
-    )[0]
+    # Points redeemed, net of returned vouchers, in those months: the numerators of the monthly
+    # redemption rates (metrics.points_metrics), not another pass over the ledger.
+    redeemed = sum(
+        r["numerator"]
+        for r in metric_rows
+        if r["metric"] == "redemption_rate" and r["period"] == "month" and r["period_start"] >= start
+    )
     rewards_cost = float(redeemed or 0) * p.point_cost
     costs = [
         float(a)
@@ -222,9 +242,14 @@ def program_value_rows(p: compute.Parameters, effect_rows: list[dict]) -> list[d
         ).values_list("amount", flat=True)
     ]
     program_costs = sum(costs) if costs else None
-    days = pooled.get("purchase_days", {}).get("estimate")
-    spend = pooled.get("spend", {}).get("estimate")
+    days_effect, spend_effect = pooled.get("purchase_days", {}), pooled.get("spend", {})
+    days, spend = days_effect.get("estimate"), spend_effect.get("estimate")
     revenue = None if spend is None else spend * member_months
+
+    def total(effect: dict, bound: str):
+        value = effect.get(bound)
+        return None if value is None else value * member_months
+
     margin = None if revenue is None else revenue * p.margin
     roi = None
     if margin is not None and program_costs:
@@ -243,7 +268,12 @@ def program_value_rows(p: compute.Parameters, effect_rows: list[dict]) -> list[d
             "numerator": None,
             "denominator": None,
             **common,
-            "extra": {"per_member_month": days, "member_months": member_months},
+            "extra": {
+                "per_member_month": days,
+                "member_months": member_months,
+                "ci_low": total(days_effect, "ci_low"),
+                "ci_high": total(days_effect, "ci_high"),
+            },
         },
         {
             "metric": "incremental_revenue",
@@ -251,7 +281,13 @@ def program_value_rows(p: compute.Parameters, effect_rows: list[dict]) -> list[d
             "numerator": None,
             "denominator": None,
             **common,
-            "extra": {"per_member_month": spend, "member_months": member_months, "currency": p.currency},
+            "extra": {
+                "per_member_month": spend,
+                "member_months": member_months,
+                "ci_low": total(spend_effect, "ci_low"),
+                "ci_high": total(spend_effect, "ci_high"),
+                "currency": p.currency,
+            },
         },
         {
             "metric": "program_roi",
@@ -286,13 +322,11 @@ def analytics_update() -> dict:
     rolled = rollup.rollup_update()
     latest = AnalyticsRun.objects.filter(kind=AnalyticsRun.Kind.FULL, status=AnalyticsRun.Status.DONE).first()
     refreshed = 0
-    if latest is not None and before is not None:
-        touched = rollup.touched_customers_since(
-            max(before[0] - rollup.ID_OVERLAP, 0), max(before[1] - rollup.ID_OVERLAP, 0)
-        )
-        if touched:
-            with sql.planner(random_page_cost=sql.CACHED):
-                refreshed = scores_refresh(latest, customer_ids=touched)
+    if latest is not None and before is not None and rolled["customers_touched"]:
+        # The customers the rollup update re-aggregated (analytics_touched: purchases or refunds
+        # since the last update, with the same overlap of ids), without reading them again.
+        with sql.planner(random_page_cost=sql.CACHED):
+            refreshed = scores_refresh(latest, customers_table="analytics_touched")
     return {
         "purchase_days": rolled["purchase_days"],
         "customers_touched": rolled["customers_touched"],
@@ -301,11 +335,14 @@ def analytics_update() -> dict:
     }
 
 
-def scores_refresh(run: AnalyticsRun, *, customer_ids: list[int]) -> int:
-    """Recompute the scores of these customers as of today, with the run's fitted models and
-    its RFM boundaries kept (their R, F and M stay as the full run ranked them). The amounts
-    and the churn risk come from the same SQL as the full refresh's, the predictions from the
-    same functions: a customer refreshed today scores as a full refresh today would score them."""
+def scores_refresh(
+    run: AnalyticsRun, *, customer_ids: list[int] | None = None, customers_table: str | None = None
+) -> int:
+    """Recompute the scores of these customers (given as ids, or as a table with a
+    customer_id column) as of today, with the run's fitted models and its RFM boundaries kept
+    (their R, F and M stay as the full run ranked them). The amounts and the churn risk come
+    from the same SQL as the full refresh's, the predictions from the same functions: a
+    customer refreshed today scores as a full refresh today would score them."""
     import numpy as np
 
     from .models import ModelFit
@@ -314,10 +351,12 @@ def scores_refresh(run: AnalyticsRun, *, customer_ids: list[int]) -> int:
     a = p.as_of_number
     fits = {f.model: f.parameters for f in ModelFit.objects.filter(run=run, converged=True)}
     bg = fits.get(ModelFit.Model.BGNBD)
-    sql.temp_table("analytics_refresh", "customer_id bigint PRIMARY KEY")
-    sql.rows_insert("analytics_refresh", ["customer_id"], [(c,) for c in sorted(set(customer_ids))])
-    if sql.is_postgres():
-        sql.execute("ANALYZE analytics_refresh", [])  # its size, for a plan that probes per customer
+    if customers_table is None:
+        customers_table = "analytics_refresh"
+        sql.temp_table(customers_table, "customer_id bigint PRIMARY KEY")
+        sql.rows_insert(customers_table, ["customer_id"], [(c,) for c in sorted(set(customer_ids or []))])
+        if sql.is_postgres():
+            sql.execute(f"ANALYZE {customers_table}", [])  # its size, for a plan that probes per customer
     money = sql.money_type()
     sql.temp_table(
         "analytics_rescore",
@@ -325,18 +364,20 @@ def scores_refresh(run: AnalyticsRun, *, customer_ids: list[int]) -> int:
         f"repeat_net {money}, is_member integer",
     )
     sql.execute(
-        """
+        f"""
         INSERT INTO analytics_rescore (customer_id, n, first_day, last_day, net, repeat_net, is_member)
-        SELECT d.customer_id, COUNT(*), MIN(d.day_number), MAX(d.day_number), SUM(d.net_amount),
-               COALESCE(SUM(CASE WHEN d.seq > 1 THEN d.net_amount END), 0),
-               MAX(CASE WHEN c.enrolled_at IS NULL THEN 0 ELSE 1 END)
-        FROM analytics_customerday d JOIN analytics_refresh r ON r.customer_id = d.customer_id
-        JOIN accounts_customer c ON c.id = d.customer_id
-        WHERE d.day_number <= %s GROUP BY d.customer_id
+        -- Membership probed per customer after grouping (joined to every day, the planner read all
+        -- million customers).
+        SELECT s.*, (SELECT CASE WHEN c.enrolled_at IS NULL THEN 0 ELSE 1 END FROM accounts_customer c
+                     WHERE c.id = s.customer_id)
+        FROM (SELECT d.customer_id, COUNT(*) AS n, MIN(d.day_number) AS first_day,
+                     MAX(d.day_number) AS last_day, SUM(d.net_amount) AS net,
+                     COALESCE(SUM(CASE WHEN d.seq > 1 THEN d.net_amount END), 0) AS repeat_net
+              FROM analytics_customerday d JOIN {customers_table} r ON r.customer_id = d.customer_id
+              WHERE d.day_number <= %s GROUP BY d.customer_id) s
         """,
         [a],
     )
-    sql.execute("DROP TABLE analytics_refresh", [])
     rows = sql.fetchall("SELECT customer_id, n, first_day, last_day FROM analytics_rescore", [])
     if not rows:
         return 0

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -23,6 +25,7 @@ from django.conf import settings
 from django.db import connection
 
 EPOCH = dt.date(1970, 1, 1)
+T = TypeVar("T")
 
 
 def is_postgres() -> bool:
@@ -100,11 +103,19 @@ def tune_for_analytics() -> None:
     sorts and hashes of millions of rows in memory rather than in temporary files, temporary
     work tables in the backend's memory (possible only before the session's first temporary
     table, hence the check), no JIT compilation, which costs more than it saves on queries
-    that each run once. `SET LOCAL` ends with the transaction."""
+    that each run once, the index builds of the scores' partition in memory too. `SET LOCAL`
+    ends with the transaction.
+
+    `synchronous_commit = off`: the commit returns before its WAL is flushed. A crash in the
+    next fraction of a second can lose the transaction as a whole (never part of it, never
+    anything else): a snapshot or a rollup update is derived data, and the next run computes
+    it again (the rollup's watermark is lost with it)."""
     if not is_postgres():
         return
     execute("SET LOCAL work_mem = '256MB'")
+    execute("SET LOCAL maintenance_work_mem = '256MB'")
     execute("SET LOCAL jit = off")
+    execute("SET LOCAL synchronous_commit = off")
     if fetchone("SELECT pg_my_temp_schema() = 0")[0]:
         execute("SET temp_buffers = '1GB'")
 
@@ -153,6 +164,38 @@ def fetchall(sql: str, params: Sequence | dict | None = None) -> list[tuple]:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchall()
+
+
+def fetchall_meanwhile(sql: str, meanwhile: Callable[[], T]) -> tuple[list[tuple], T]:
+    """fetchall(sql) and meanwhile(), at the same time on PostgreSQL: the query runs on this
+    connection in a thread (waiting for the server, it holds no lock Python needs) while this
+    thread calls `meanwhile`, which must not use the database (numpy and scipy work: the model
+    fits). Two cores then work at once: PostgreSQL on the query, Python on the fits. The query
+    has no parameters. Elsewhere (SQLite, whose connection belongs to one thread) one after the
+    other."""
+    if not is_postgres():
+        return fetchall(sql), meanwhile()
+    connection.ensure_connection()
+    raw = connection.connection  # psycopg serialises its use; only the thread below uses it
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            with raw.cursor() as cursor:
+                cursor.execute(sql)
+                outcome["rows"] = cursor.fetchall()
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="analytics-query", daemon=True)
+    thread.start()
+    try:
+        result = meanwhile()
+    finally:
+        thread.join()  # the connection is free again before anything else uses it
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["rows"], result
 
 
 def fetchone(sql: str, params: Sequence | dict | None = None) -> tuple | None:

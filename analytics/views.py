@@ -1115,7 +1115,11 @@ def program_value_table(s: Snapshot, params: QueryDict) -> Table:
             Column("per_member_month", _("Per member per month"), "num2"),
         ],
         rows,
-        note=_("From the pooled difference in differences × %(n)s member-months in the last 12 months.")
+        note=_(
+            "The pooled difference in differences per member per month × %(n)s member-months in the "
+            "last 12 months: each member's months after the month they joined, up to their last "
+            "purchase (not the months after they stopped buying)."
+        )
         % {"n": _number(member_months, 0)},
     )
 

@@ -44,17 +44,17 @@ What a run does:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import machine  # bench/machine.py: the scripts run from bench/
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -75,27 +75,6 @@ HISTORY_DAYS = 3 * 365
 
 def log(message: str) -> None:
     print(f"[bench analytics {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def machine() -> dict:
-    memory = 0
-    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                memory = int(line.split()[1])
-    model = ""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cores": os.cpu_count(),
-        "cpu": model,
-        "memory_gib": round(memory / 1024 / 1024, 1),
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-    }
 
 
 # --- The database ---------------------------------------------------------------------------
@@ -513,6 +492,10 @@ def tidy(args) -> dict:
             ).fetchall()
         ]
         if old:
+            # On PostgreSQL a run's scores are a partition of their own (analytics migration 0005):
+            # dropped, not deleted row by row.
+            for run_id in old:
+                conn.execute(f"DROP TABLE IF EXISTS analytics_customerscore_run{int(run_id)}")
             for table in ("customerscore", "metricvalue", "cohortcell", "programeffect", "modelfit"):
                 conn.execute(f"DELETE FROM analytics_{table} WHERE run_id = ANY(%s)", [old])
             conn.execute("DELETE FROM analytics_analyticsrun WHERE id = ANY(%s)", [old])

@@ -89,3 +89,36 @@ def test_rollup_update_after_new_purchases_and_a_refund_equals_a_rebuild(simulat
         CustomerDay.objects.values_list("customer_id", "day", "net_amount", "seq", "prev_day_number")
     )
     assert after_update == after_rebuild
+
+
+def test_incremental_purchase_days_of_the_last_12_months_recover_what_the_program_added(simulation):
+    """METRICS.md: incremental repeat purchases per member per month (the pooled estimate),
+    applied to the member-months it speaks for. The truth: the purchase days the injected
+    effect added to members in the 12 months up to the as-of date, while they were customers."""
+    from analytics.models import MetricValue
+
+    run = services.analytics_refresh(as_of=AS_OF, bootstrap=300)
+    shown = MetricValue.objects.get(run=run, metric="incremental_purchase_days", period="window")
+    pooled = ProgramEffect.objects.get(
+        run=run, method="did", cohort=None, segment="all", outcome="purchase_days"
+    )
+    first = dt.date(AS_OF.year - (AS_OF.month < 12), AS_OF.month % 12 + 1, 1)  # 12 months back
+    days = np.arange(simulation.days)
+    in_window = (days >= (first - simulation.start).days) & (days <= (AS_OF - simulation.start).days)
+    truth = 0.0
+    for i in np.flatnonzero(simulation.enrolled >= 0):
+        member = in_window & (days > simulation.enrolled[i]) & (days < simulation.death[i])
+        rate = simulation.rate[i]
+        truth += member.sum() * (np.exp(-rate) - np.exp(-rate * (1 + simulation.effect)))
+    low, high = shown.extra["ci_low"], shown.extra["ci_high"]
+    assert low <= truth <= high, (low, truth, high)
+    assert abs(shown.value - truth) < 0.25 * truth, (shown.value, truth)
+    assert shown.extra["per_member_month"] == pooled.estimate
+    # The estimate times every month of every member in the window (those who had stopped
+    # buying too), as the page used to show it, is far above the truth.
+    as_of_month = AS_OF.year * 12 + AS_OF.month - 1
+    every_member_month = 0
+    for enrolled in simulation.enrolled[simulation.enrolled >= 0]:
+        joined = simulation.start + dt.timedelta(days=int(enrolled))
+        every_member_month += as_of_month - max(joined.year * 12 + joined.month - 1, as_of_month - 11) + 1
+    assert pooled.estimate * every_member_month > 1.5 * truth
