@@ -6,7 +6,7 @@ PY := $(BIN)/python
 DEMO_ENV := DJANGO_SETTINGS_MODULE=loyalty_site.settings.dev PATH="$(CURDIR)/$(BIN):$$PATH"
 TEST_ENV := DJANGO_SETTINGS_MODULE=loyalty_site.settings.test
 
-.PHONY: demo test lint format messages translations venv clean bench bench-analytics fuzz audit
+.PHONY: demo test lint format messages translations venv clean bench bench-analytics bench-imports fuzz audit
 
 # The environment is rebuilt when a requirements file changes.
 $(BIN)/.installed: requirements.txt requirements-dev.txt
@@ -56,6 +56,15 @@ bench: venv
 # the figures as JSON (bench/RESULTS.md). Options: make bench-analytics BENCH_ARGS="--reuse-db".
 bench-analytics: venv
 	$(PY) bench/analytics.py $(BENCH_ARGS)
+
+# Benchmark of import_purchases (issue 3; PostgreSQL on 127.0.0.1; about 5 minutes): seeds the
+# template database loyalty_bench_imports_seed (200,000 customers), writes a 1,000,000-row CSV
+# under var/, runs history-only, the re-run, --award-points and its re-run on fresh copies
+# (loyalty_bench_imports), and PostgreSQL's own COPY of the same file, the ceiling; prints rows/s,
+# CPU seconds and the ratios as JSON (bench/RESULTS.md). Options: make bench-imports
+# BENCH_ARGS="--reuse-seed --phases history,copy".
+bench-imports: venv
+	$(PY) bench/imports.py $(BENCH_ARGS)
 
 # A longer fuzzing session of the integration API from its OpenAPI schema (schemathesis;
 # the suite runs a short one): FUZZ_EXAMPLES per operation and a new seed each time, printed

@@ -118,6 +118,10 @@ class Workload:
         self.seq += 1
         if self.args.scenario == "customers":
             return "GET", f"/api/v1/customers/{self._customer_for_read()}", self.auth, b""
+        if self.args.scenario == "floor":
+            # The cost of the server itself: gunicorn, Django's handler, the API's middleware,
+            # URL resolution and a JSON error, with no view, token check or database.
+            return "GET", "/api/v1/", self.auth, b""
         rng = self.rng
         items = []
         for _ in range(rng.randint(1, 3)):
@@ -296,7 +300,7 @@ def parse_args(argv=None):
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--host-header", default="127.0.0.1")
     p.add_argument("--token", required=True)
-    p.add_argument("--scenario", choices=["purchases", "customers"], required=True)
+    p.add_argument("--scenario", choices=["purchases", "customers", "floor"], required=True)
     p.add_argument("--mode", choices=["closed", "open"], default="closed")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--rate", type=float, default=100.0, help="open mode: requests per second")
