@@ -32,7 +32,9 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_sigkill_mid_send_doubles_nothing_and_loses_at_most_the_group_in_flight(program, smtp_server, celery_app_real, settings):
+def test_sigkill_mid_send_doubles_nothing_and_loses_at_most_the_group_in_flight(
+    program, smtp_server, celery_app_real, settings
+):
     settings.CAMPAIGN_QUIET_HOURS = (0, 0)
     settings.CAMPAIGN_FREQUENCY_CAP = 0
     campaign, treated = big_send(name="Big send", recipients=RECIPIENTS, prefix="K")
@@ -69,9 +71,8 @@ def test_sigkill_mid_send_doubles_nothing_and_loses_at_most_the_group_in_flight(
     lost = treated - set(per_recipient)
     if lost:
         marks = set(Delivery.objects.filter(customer__email__in=lost).values_list("sent_at", flat=True))
-        last_mark_before_kill = (
-            Delivery.objects.filter(sent_at__lte=killed_at).order_by("-sent_at").values_list("sent_at", flat=True)[0]
-        )
+        marked_before_kill = Delivery.objects.filter(sent_at__lte=killed_at).order_by("-sent_at")
+        last_mark_before_kill = marked_before_kill.values_list("sent_at", flat=True)[0]
         assert len(lost) <= settings.CAMPAIGN_SMTP_SESSIONS, f"more than one group lost: {sorted(lost)}"
         assert marks == {last_mark_before_kill}, (
             f"the lost messages {sorted(lost)} are not the group the killed worker had just committed"
