@@ -20,6 +20,8 @@ Guarantees shared by both imports:
 from __future__ import annotations
 
 import codecs
+import collections
+import concurrent.futures
 import contextlib
 import csv
 import datetime as dt
@@ -69,6 +71,10 @@ AWARD_BATCH = 1_000
 # Purchases that earn points recorded one by one through the service, per transaction (off
 # PostgreSQL).
 AWARD_BATCH_ONE_BY_ONE = 100
+# Connections writing the chunks of a history import at once (PostgreSQL): PostgreSQL's work on
+# a chunk takes twice the time this process takes to read and parse it, and a connection's
+# backend is one process, so one core.
+WRITERS = 2
 # A referral code is random; a new customer whose code clashes is retried this often.
 CREATE_ATTEMPTS = 5
 
@@ -692,9 +698,9 @@ class _PurchaseParser:
 
 # --- Writing purchases on PostgreSQL: a chunk at a time, set-based ------------------------
 
-# A chunk is copied (binary COPY, the fastest way in) to this table of the session. Its unknown
-# customers are found and created from it, and its purchases written from it with their lines
-# in one statement.
+# A chunk is copied (binary COPY, the fastest way in) to this table of the session, and its
+# purchases written from it with their lines in one statement. Its customers not seen by earlier
+# chunks are looked up before, the missing ones created.
 _STAGE_TABLE = "import_purchase_stage"
 _STAGE_CREATE_SQL = f"""
 CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE_TABLE} (
@@ -703,12 +709,12 @@ CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE_TABLE} (
 )
 """
 _STAGE_TYPES = ["varchar", "varchar", "numeric", "timestamptz", "varchar", "varchar"]
-# The stage has no statistics: LATERAL … LIMIT 1 makes each lookup one probe of a unique index
-# per staged row, whatever the planner guesses (a hash join would read every customer).
-_STAGE_CUSTOMERS_MISSING_SQL = """
-SELECT DISTINCT s.customer_ref FROM import_purchase_stage s
+# LATERAL … LIMIT 1 makes each lookup one probe of a unique index per reference, whatever the
+# planner guesses (a hash join would read every customer).
+_CUSTOMERS_MISSING_SQL = """
+SELECT r.ref FROM unnest(%s::varchar[]) AS r (ref)
 LEFT JOIN LATERAL (
-    SELECT 1 AS found FROM accounts_customer c WHERE c.external_ref = s.customer_ref LIMIT 1
+    SELECT 1 AS found FROM accounts_customer c WHERE c.external_ref = r.ref LIMIT 1
 ) c ON true
 WHERE c.found IS NULL
 """
@@ -761,13 +767,23 @@ WHERE p.request_hash <> s.request_hash
 """
 
 
+def _external_id(row: _PurchaseRow) -> str:
+    return row.external_id
+
+
+def _external_ids(rows: list[_PurchaseRow]) -> set[str]:
+    return {row.external_id for row in rows}
+
+
 def _stage_load(cursor, rows: list[_PurchaseRow]) -> None:
     cursor.execute(_STAGE_CREATE_SQL)
     cursor.execute(f"TRUNCATE {_STAGE_TABLE}")
     with cursor.copy(f"COPY {_STAGE_TABLE} FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types(_STAGE_TYPES)
         write = copy.write_row
-        for row in rows:
+        # Purchases are inserted in the stage's order, by external id: two chunks holding the same
+        # ids (written on two connections, or by two imports) wait for each other in one direction.
+        for row in sorted(rows, key=_external_id):
             write(
                 (
                     row.external_id,
@@ -814,7 +830,9 @@ def _customers_insert(cursor, refs: list[str], *, now: dt.datetime) -> int:
     statement, constants = _customer_insert_sql()
     params = {f"c{i}": value for i, value in enumerate(constants)}
     created = 0
-    pending = list(refs)
+    # In one order everywhere: imports writing on several connections, each waiting for a
+    # reference another one is inserting, never wait for each other in a circle.
+    pending = sorted(refs)
     for _attempt in range(CREATE_ATTEMPTS):
         if not pending:
             return created
@@ -856,22 +874,58 @@ def _stage_write_history(
     return created, cursor.fetchone()[0] - created - len(conflicting), conflicting
 
 
+class _KnownCustomers:
+    """References of customers found in the database by earlier chunks of a history import, so
+    that a chunk looks up only the others before creating the missing ones; forgotten wholesale
+    when they grow too many. Read and added to by the import's writer threads (single set
+    operations, atomic in CPython). A reference that is no longer there (the customer was
+    deleted or renamed meanwhile) shows as a staged purchase without customer: the chunk is
+    then written again with every reference looked up (_CustomersMoved)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.refs: set[str] = set()
+
+    def unknown(self, refs: set[str]) -> list[str]:
+        known = self.refs
+        return sorted(ref for ref in refs if ref not in known)
+
+    def add(self, refs: set[str]) -> None:
+        if len(self.refs) + len(refs) > self.size:
+            self.refs = set()
+        self.refs.update(refs)
+
+    def forget(self) -> None:
+        self.refs = set()
+
+
+class _CustomersMoved(Exception):
+    """A customer a chunk took as known was not found: the chunk is rolled back."""
+
+
 def _purchases_chunk_write_postgresql(
     rows: list[_PurchaseRow],
     *,
     integration,
     award_points: bool,
+    known: _KnownCustomers | None,
     report: ImportReport,
     bad: Callable[[BadRow], None],
 ) -> None:
     try:
-        earning, customers, outcome = _purchases_chunk_history(
-            rows, integration=integration, award_points=award_points, racing=False
-        )
+        try:
+            earning, customers, outcome = _purchases_chunk_history(
+                rows, integration=integration, award_points=award_points, known=known, racing=False
+            )
+        except _CustomersMoved:
+            known.forget()
+            earning, customers, outcome = _purchases_chunk_history(
+                rows, integration=integration, award_points=award_points, known=None, racing=False
+            )
     except IntegrityError:
         # The chunk was rolled back whole; again, taking what the other import left.
         earning, customers, outcome = _purchases_chunk_history(
-            rows, integration=integration, award_points=award_points, racing=True
+            rows, integration=integration, award_points=award_points, known=None, racing=True
         )
     customers_created, created, unchanged, conflicting = outcome
     report.customers_created += customers_created
@@ -894,24 +948,34 @@ def _purchases_chunk_write_postgresql(
 
 
 def _purchases_chunk_history(
-    rows: list[_PurchaseRow], *, integration, award_points: bool, racing: bool
+    rows: list[_PurchaseRow],
+    *,
+    integration,
+    award_points: bool,
+    known: _KnownCustomers | None,
+    racing: bool,
 ) -> tuple[list[_PurchaseRow], dict, tuple[int, int, int, list[str]]]:
     """Create the chunk's unknown customers and record its history purchases (all of them, or with
     `award_points` those that earn nothing) in one transaction. The purchases that earn, their
-    customers, and (customers created, purchases created, unchanged, ids recorded with other data)."""
+    customers, and (customers created, purchases created, unchanged, ids recorded with other data).
+
+    `known`: customers found by earlier chunks, not looked up again (history only)."""
     now = timezone.now()
     created_customers = 0
     earning: list[_PurchaseRow] = []
     customers: dict = {}
+    refs = {row.customer_ref for row in rows}
     with transaction.atomic(), connection.cursor() as cursor:
         importing_award.import_transaction(cursor)
         history = rows
         if not award_points:
             _stage_load(cursor, rows)
-            cursor.execute(_STAGE_CUSTOMERS_MISSING_SQL)
-            missing = [ref for (ref,) in cursor.fetchall()]
-            if missing:
-                created_customers = _customers_insert(cursor, missing, now=now)
+            wanted = known.unknown(refs) if known is not None else sorted(refs)
+            if wanted:
+                cursor.execute(_CUSTOMERS_MISSING_SQL, [wanted])
+                missing = [ref for (ref,) in cursor.fetchall()]
+                if missing:
+                    created_customers = _customers_insert(cursor, missing, now=now)
         else:
             customers = importing_award.customers_get(cursor, {row.customer_ref for row in rows})
             missing = [ref for ref in customers if customers[ref] is None]
@@ -927,6 +991,11 @@ def _purchases_chunk_history(
         outcome = (0, 0, [])
         if history:
             outcome = _stage_write_history(cursor, integration_id=integration.pk, now=now, racing=racing)
+            created, unchanged, conflicting = outcome
+            if known is not None and created + unchanged + len(conflicting) < len(history):
+                raise _CustomersMoved  # a staged purchase found no customer: rolled back
+    if known is not None:
+        known.add(refs)  # committed: every one is there
     return earning, customers, (created_customers, *outcome)
 
 
@@ -1069,6 +1138,7 @@ def _purchases_chunk_write(
     integration,
     award_points: bool,
     cache: _CustomerCache | None,
+    known: _KnownCustomers | None = None,
     report: ImportReport,
     bad: Callable[[BadRow], None],
 ) -> None:
@@ -1084,7 +1154,7 @@ def _purchases_chunk_write(
     rows = list(distinct.values())
     if _set_based():
         _purchases_chunk_write_postgresql(
-            rows, integration=integration, award_points=award_points, report=report, bad=bad
+            rows, integration=integration, award_points=award_points, known=known, report=report, bad=bad
         )
         return
     now = timezone.now()
@@ -1108,6 +1178,119 @@ def _purchases_chunk_write(
     _purchases_award(earning, integration=integration, report=report, bad=bad)
 
 
+_REPORT_COUNTS = ("created", "updated", "unchanged", "customers_created", "members_created", "points_awarded")
+
+
+@dataclass
+class _Written:
+    """A chunk handed to the writer threads."""
+
+    future: concurrent.futures.Future
+    read_bad: list[BadRow]  # its rows found bad while reading, reported before those of the writing
+    keys: set
+
+
+class _ChunkWriters:
+    """Writes chunks with `write(rows, report, bad)`: in the caller's thread (`count` 1), or in
+    `count` threads with a database connection each, so that PostgreSQL writes several chunks
+    at once (each on a backend, and so a core, of its own) while this process reads and parses.
+
+    In threads, each chunk gets a report and a list of bad rows of its own; they are added to the
+    caller's in file order, in the caller's thread, as the chunks complete: the counts and the bad
+    rows reported are those of writing the chunks one after the other. So is what is written: a
+    chunk sharing a key (`keys`: a purchase's external id) with a chunk still being written waits
+    for it, so that the first row with an id wins as it does one chunk after the other. An error
+    in a thread is raised in the caller; leaving the block stops the threads, which close their
+    database connections.
+    """
+
+    def __init__(
+        self,
+        write: Callable[[list, ImportReport, Callable[[BadRow], None]], None],
+        *,
+        count: int,
+        keys: Callable[[list], set] | None,
+        report: ImportReport,
+        bad: Callable[[BadRow], None],
+    ):
+        self._write = write
+        self.count = count
+        self._keys = keys
+        self.report = report
+        self.bad = bad
+        self._jobs: queue.Queue = queue.Queue()
+        self._pending: collections.deque[_Written] = collections.deque()
+        self._threads: list[threading.Thread] = []
+
+    def __enter__(self) -> _ChunkWriters:
+        if self.count > 1:
+            for number in range(self.count):
+                thread = threading.Thread(target=self._work, name=f"import-writer-{number}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for written in self._pending:
+            written.future.cancel()
+        for _thread in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join()
+
+    def _work(self) -> None:
+        try:
+            while (job := self._jobs.get()) is not None:
+                rows, future = job
+                if not future.set_running_or_notify_cancel():
+                    continue
+                report, bad_rows = ImportReport(), []
+                try:
+                    self._write(rows, report, bad_rows.append)
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller, who raises it
+                    future.set_exception(exc)
+                else:
+                    future.set_result((report, bad_rows))
+        finally:
+            connection.close()
+
+    def _collect(self) -> None:
+        written = self._pending.popleft()
+        report, bad_rows = written.future.result()
+        for name in _REPORT_COUNTS:
+            setattr(self.report, name, getattr(self.report, name) + getattr(report, name))
+        for row in written.read_bad:
+            self.bad(row)
+        for row in bad_rows:
+            self.bad(row)
+
+    def write(self, rows: list, read_bad: list[BadRow]) -> None:
+        """Write a chunk's good rows; `read_bad`: its bad rows, reported in their place."""
+        if not self._threads:
+            for row in read_bad:
+                self.bad(row)
+            if rows:
+                self._write(rows, self.report, self.bad)
+            return
+        keys = self._keys(rows) if self._keys is not None else set()
+        # Two chunks waiting per thread at most: memory stays bounded, the counts close behind.
+        while self._pending and (
+            len(self._pending) >= 2 * self.count
+            or any(not keys.isdisjoint(written.keys) for written in self._pending)
+        ):
+            self._collect()
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._pending.append(_Written(future, read_bad, keys))
+        if rows:
+            self._jobs.put((rows, future))
+        else:
+            future.set_result((ImportReport(), []))
+
+    def finish(self) -> None:
+        while self._pending:
+            self._collect()
+
+
 def _import_run(
     *,
     path: str | Path,
@@ -1121,8 +1304,14 @@ def _import_run(
     on_bad_row: Callable[[BadRow], None] | None,
     on_progress: Callable[[ImportReport], None] | None,
     progress_every: int,
+    writers: int = 1,
+    keys: Callable[[list], set] | None = None,
 ) -> ImportReport:
-    """Read, parse (in the background) and write a file a chunk at a time; the report."""
+    """Read, parse (in the background) and write a file a chunk at a time; the report.
+
+    `writers` > 1: chunks are written by that many threads, each on a connection of its own
+    (_ChunkWriters); `write` must then be safe to run for chunks without common `keys` at once.
+    """
     started = time.monotonic()
     report = ImportReport()
 
@@ -1141,18 +1330,17 @@ def _import_run(
             report=report,
         ) as csv_file,
         _parsed_chunks(csv_file.rows, parser(csv_file.columns), chunk_size=max(1, chunk_size)) as chunks,
+        _ChunkWriters(write, count=writers, keys=keys, report=report, bad=bad) as writing,
     ):
         next_progress = progress_every
         for chunk in chunks:
             report.rows += chunk.count
-            for row in chunk.bad:
-                bad(row)
-            if chunk.rows:
-                write(chunk.rows, report, bad)
+            writing.write(chunk.rows, chunk.bad)
             if on_progress is not None and progress_every and report.rows >= next_progress:
                 report.seconds = time.monotonic() - started
                 on_progress(report)
                 next_progress = report.rows + progress_every
+        writing.finish()
     report.seconds = time.monotonic() - started
     return report
 
@@ -1167,6 +1355,7 @@ def purchases_import(
     on_bad_row: Callable[[BadRow], None] | None = None,
     on_progress: Callable[[ImportReport], None] | None = None,
     progress_every: int = 100_000,
+    writers: int = WRITERS,
 ) -> ImportReport:
     """Import purchase history from a CSV file (columns customer, occurred_at, amount; optional
     external_id, currency, category) under the integration of `services.integration_for_import`.
@@ -1181,14 +1370,26 @@ def purchases_import(
     through `services.purchase_record` and earns under the rules in force when it was made;
     the others are recorded as history, as the service would record them. A purchase first
     imported as history keeps earning nothing when imported again with `award_points`.
+
+    History only on PostgreSQL, chunks are written by `writers` connections at once, each chunk
+    in a transaction of its own, unless the caller holds a transaction (all is written in it).
     """
     integration = services.integration_for_import()
+    if award_points or not _set_based() or connection.in_atomic_block:
+        writers = 1
     # Enrolments change while an award run goes: it looks customers up afresh for each chunk.
     cache = None if award_points else _CustomerCache(CUSTOMER_CACHE_SIZE)
+    known = None if award_points else _KnownCustomers(CUSTOMER_CACHE_SIZE)
 
     def write(rows: list[_PurchaseRow], report: ImportReport, bad: Callable[[BadRow], None]) -> None:
         _purchases_chunk_write(
-            rows, integration=integration, award_points=award_points, cache=cache, report=report, bad=bad
+            rows,
+            integration=integration,
+            award_points=award_points,
+            cache=cache,
+            known=known,
+            report=report,
+            bad=bad,
         )
 
     return _import_run(
@@ -1203,6 +1404,8 @@ def purchases_import(
         on_bad_row=on_bad_row,
         on_progress=on_progress,
         progress_every=progress_every,
+        writers=writers,
+        keys=_external_ids,
     )
 
 
