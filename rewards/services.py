@@ -669,6 +669,12 @@ def _purchase_record_portable(
     return PurchaseResult(purchase, True)
 
 
+_TIER_UPGRADE_SQL = (
+    "UPDATE rewards_pointsaccount SET tier_id = %(tier)s, tier_changed_at = %(now)s "
+    "WHERE customer_id = %(customer)s"
+)
+
+
 def _tier_upgrade_check(
     account: PointsAccount, customer: Customer, *, as_of: dt.datetime, spend: Decimal | None = None
 ) -> None:
@@ -685,7 +691,12 @@ def _tier_upgrade_check(
     current_threshold = account.tier.min_qualifying_spend if account.tier else Decimal("-1")
     if best.min_qualifying_spend > current_threshold:
         account.tier = best
-        PointsAccount.objects.filter(pk=account.pk).update(tier=best, tier_changed_at=timezone.now())
+        # A statement of the purchase's hot path: prepared (the ORM's update costs several
+        # times more of the server's CPU than the row change itself).
+        with prepared_cursor() as cursor:
+            cursor.execute(
+                _TIER_UPGRADE_SQL, {"tier": best.pk, "now": timezone.now(), "customer": account.pk}
+            )
 
 
 def _referral_bonus_check(account: PointsAccount, customer: Customer, *, purchase: Purchase) -> bool:
