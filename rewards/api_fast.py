@@ -23,6 +23,7 @@ import re
 from decimal import Decimal
 
 from django.conf import settings
+from django.db import connection
 from django.http import HttpResponse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -159,6 +160,22 @@ def _json(data: dict, status: int) -> HttpResponse:
     return response
 
 
+def _record(integration, data):
+    """The service call, checking the database connection by using it.
+
+    Django checks a reused connection before a request's first statement (CONN_HEALTH_CHECKS:
+    a `SELECT 1` round trip, ~5 % of this path's CPU). Here the purchase itself is the check:
+    on a connection that turns out dead (PostgreSQL restarted, an idle connection cut) the
+    service's transaction fails, Django's atomic block closes the connection when its rollback
+    fails too, and purchase_answer hands the request to the full path, which records it on a
+    new connection. Whatever the failure left behind, that is safe: the service is one
+    transaction, idempotent on (integration, external_id), so a first attempt that did commit
+    is answered as its replay (tests/site/test_outages.py)."""
+    if connection.connection is not None and connection.health_check_enabled:
+        connection.health_check_done = True
+    return api._purchase_from(integration, data)
+
+
 def purchase_answer(request) -> HttpResponse | None:
     """The answer to a plain purchase request, or None for PurchaseCreateView's full path."""
     if request.method != "POST" or request.content_type != "application/json":
@@ -190,7 +207,7 @@ def purchase_answer(request) -> HttpResponse | None:
     if per_minute and api._api_rate_limit_hit(integration.pk, per_minute, window) is not None:
         return None  # DRF's throttle answers the 429
     try:
-        result = api._purchase_from(integration, data)
+        result = _record(integration, data)
     except Exception:  # noqa: BLE001 - rolled back; the full path answers in the API's shape
         return None
     return _json(api.purchase_out(result.purchase), 201 if result.created else 200)

@@ -197,6 +197,26 @@ def test_a_connection_lost_at_commit_leaves_nothing_half_written(anna, token, pg
     assert ledger_violations() == []
 
 
+def test_a_purchase_whose_idle_connection_died_is_recorded_once_on_a_new_one(
+    anna, token, pg_proxy, server_on
+):
+    """The plain purchase path skips Django's `SELECT 1` health check and checks the connection
+    by using it (rewards/api_fast.py): a connection cut while idle costs a retry, not an error."""
+    server = server_on(DATABASE_URL=database_url(pg_proxy.port))
+    auth = {"Authorization": f"Bearer {token}"}
+    ref = anna.external_ref
+    assert server.request("POST", "/api/v1/purchases", purchase("p-1", ref), auth).status == 201
+    pg_proxy.cut()  # the worker's kept connection is reset; PostgreSQL itself stays up
+    pg_proxy.restore()
+    body = purchase("p-2", ref, "250.00")
+    again = server.request("POST", "/api/v1/purchases", body, auth)
+    assert again.status == 201, again.text
+    assert Purchase.objects.filter(external_id="p-2").count() == 1
+    replay = server.request("POST", "/api/v1/purchases", body, auth)
+    assert (replay.status, replay.json()) == (200, again.json())
+    assert ledger_violations() == []
+
+
 # --- Redis --------------------------------------------------------------------------------
 
 
