@@ -11,7 +11,7 @@ What a run does:
    1,000,000 customers (80 % members), and purchase history with ledger entries and lots
    for the members among the first 100,000;
 2. creates an API token with `manage.py create_api_token bench`;
-3. starts gunicorn on loopback (4 gthread workers × 2 threads with keep-alive by default: see
+3. starts gunicorn on loopback (8 gthread workers of one thread each, with keep-alive, by default: see
    bench/RESULTS.md for why);
 4. for each scenario runs bench/loadgen.py in a separate process, in phases:
    - saturation: closed loop, `--concurrency` connections, as fast as the server answers;
@@ -743,8 +743,8 @@ def parse_args(argv=None):
     )
     p.add_argument(
         "--workers",
-        default="gthread:4x2",
-        help="gunicorn workers: sync:N or gthread:NxT (gthread:4x2: keep-alive, which sync workers lack)",
+        default="gthread:8x1",
+        help="gunicorn workers: sync:N or gthread:NxT (gthread:8x1: keep-alive, one thread a process)",
     )
     p.add_argument(
         "--compare-workers",
