@@ -1,5 +1,6 @@
 """What the CSV import commands share: the options, error handling, progress and exit code."""
 
+import gc
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
@@ -29,6 +30,19 @@ class CsvImportCommand(BaseCommand):
         raise NotImplementedError
 
     def handle(self, *args, **options):
+        # The objects alive now (Django's, its apps') stay out of the garbage collector's full
+        # collections, which the millions of short-lived row objects of an import set off: a
+        # sixth of the command's CPU. Unless someone else froze objects (a pre-forking server).
+        freeze = gc.get_freeze_count() == 0
+        if freeze:
+            gc.freeze()
+        try:
+            self._handle(options)
+        finally:
+            if freeze:
+                gc.unfreeze()
+
+    def _handle(self, options):
         try:
             with BadRowLog(
                 stream=self.stderr, errors_path=options["errors"], show=options["show_errors"]
