@@ -1,0 +1,163 @@
+"""CPU per purchase without HTTP: the site's WSGI application called in this process.
+
+    .venv/bin/python bench/inprocess.py                    # 3 rounds of 2,000 purchases
+    .venv/bin/python bench/inprocess.py --requests 5000 --rounds 5
+
+For comparing two versions of the purchase path on a shared, noisy machine: a saturation run
+through gunicorn (bench/run.py) mixes in the server, the load generator and whatever else the
+machine is doing, while this measures only the request's own Python (process CPU time) and its
+PostgreSQL backend's CPU (from /proc), on the same database `bench/run.py` seeds
+(`loyalty_bench`, 1,000,000 customers; run `make bench` once first). The same request bodies as
+bench/loadgen.py: 1-3 lines, a random one of the million customers, a new external id each time.
+Production settings (prepared statements, the API's middleware stack, connection health checks).
+A warm-up of 200 purchases is not counted. Run it on PostgreSQL on 127.0.0.1, nowhere else: it
+writes purchases into the benchmark database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CATEGORIES = ["coffee-beans", "pastry", "equipment", "tea", ""]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--requests", type=int, default=2000, help="purchases a round (2000)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds, each reported (3)")
+    p.add_argument("--customers", type=int, default=1_000_000, help="customers B0000001… in the database")
+    p.add_argument("--pg-url", default="postgres://postgres@127.0.0.1:5432")
+    p.add_argument("--db-name", default="loyalty_bench")
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/10")
+    return p.parse_args(argv)
+
+
+def setup(args) -> None:
+    os.environ.update(
+        DJANGO_SETTINGS_MODULE="loyalty_site.settings.production",
+        SECRET_KEY="bench-only-secret-key-not-for-production-0123456789abcdef",  # noqa: S106
+        ALLOWED_HOSTS="127.0.0.1,localhost",
+        DATABASE_URL=f"{args.pg_url.rstrip('/')}/{args.db_name}",
+        REDIS_URL=args.redis_url,
+        SECURE_SSL_REDIRECT="False",
+        LOG_LEVEL="WARNING",
+        API_RATE_LIMIT_PER_MINUTE="10000000",
+    )
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+
+
+def backend_cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    setup(args)
+    import datetime as dt
+
+    from django.db import connection
+
+    from loyalty_site.wsgi import application
+    from rewards.services import integration_token_create
+
+    _integration, token = integration_token_create(name=f"bench-inprocess-{time.time():.0f}")
+    rng = random.Random(1)
+    run = f"inproc-{time.time():.0f}"
+
+    def environ(seq: int) -> dict:
+        items = []
+        for _ in range(rng.randint(1, 3)):
+            cents = rng.randint(500, 60000)
+            items.append(
+                {
+                    "sku": f"SKU-{rng.randint(1, 500)}",
+                    "category": rng.choice(CATEGORIES),
+                    "quantity": "1",
+                    "amount": str(Decimal(cents) / 100),
+                }
+            )
+        body = json.dumps(
+            {
+                "external_id": f"{run}-{seq}",
+                "customer": f"B{rng.randint(1, args.customers):07d}",
+                "amount": str(sum(Decimal(i["amount"]) for i in items)),
+                "currency": "DKK",
+                "occurred_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "items": items,
+            }
+        ).encode()
+        return {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": "/api/v1/purchases",
+            "QUERY_STRING": "",
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "8000",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "REMOTE_ADDR": "127.0.0.1",
+            "HTTP_HOST": "127.0.0.1",
+            "HTTP_AUTHORIZATION": f"Bearer {token}",
+            "HTTP_ACCEPT": "application/json",
+            "CONTENT_TYPE": "application/json",
+            "CONTENT_LENGTH": str(len(body)),
+            "wsgi.input": io.BytesIO(body),
+            "wsgi.errors": sys.stderr,
+            "wsgi.url_scheme": "http",
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
+        }
+
+    status = []
+
+    def start_response(line, headers, exc_info=None):
+        status.append(line)
+
+    def purchase(seq: int) -> None:
+        status.clear()
+        answer = b"".join(application(environ(seq), start_response))
+        if not status[0].startswith("201"):
+            raise SystemExit(f"purchase {seq}: {status[0]} {answer[:300]!r}")
+
+    for seq in range(200):
+        purchase(seq)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+    seq = 200
+    for round_no in range(1, args.rounds + 1):
+        cpu0, pg0, wall0 = time.process_time(), backend_cpu_seconds(pid), time.perf_counter()
+        for _ in range(args.requests):
+            purchase(seq)
+            seq += 1
+        cpu1, pg1, wall1 = time.process_time(), backend_cpu_seconds(pid), time.perf_counter()
+        n = args.requests
+        print(
+            json.dumps(
+                {
+                    "round": round_no,
+                    "purchases": n,
+                    "python_cpu_ms": round(1000 * (cpu1 - cpu0) / n, 3),
+                    "postgres_cpu_ms": round(1000 * (pg1 - pg0) / n, 3),
+                    "wall_ms": round(1000 * (wall1 - wall0) / n, 3),
+                }
+            ),
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
