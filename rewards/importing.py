@@ -28,6 +28,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import operator
 import queue
 import re
 import threading
@@ -42,8 +43,9 @@ from zoneinfo import ZoneInfo
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.utils import timezone
+from psycopg import errors
 
 from accounts.models import Customer, external_ref_is_printable
 
@@ -386,6 +388,7 @@ class _Chunk:
     rows: list  # parsed good rows
     bad: list[BadRow]
     count: int  # data rows read, good and bad
+    keys: set = field(default_factory=set)  # the key of each good row (_parsed_chunks' `key`)
 
 
 class _Stopped(Exception):
@@ -398,8 +401,10 @@ def _parsed_chunks(
     parse: Callable[[int, list[str]], object],
     *,
     chunk_size: int,
+    key: Callable[[object], object] | None = None,
 ) -> Iterator[Iterator[_Chunk]]:
-    """The rows parsed into chunks of `chunk_size` by a background thread.
+    """The rows parsed into chunks of `chunk_size` by a background thread; with `key`, each chunk
+    with the set of its rows' keys (made here, while the rows are fresh in the CPU's caches).
 
     Reading and parsing the next chunk then overlaps the database writing the current
     one (psycopg releases the GIL while it waits for the server). The thread touches no
@@ -429,9 +434,13 @@ def _parsed_chunks(
                 else:
                     line, fields = item
                     try:
-                        chunk.rows.append(parse(line, fields))
+                        parsed = parse(line, fields)
                     except _BadValue as exc:
                         chunk.bad.append(BadRow(line, str(exc), tuple(fields)))
+                    else:
+                        chunk.rows.append(parsed)
+                        if key is not None:
+                            chunk.keys.add(key(parsed))
                 if chunk.count >= chunk_size:
                     put(chunk)
                     chunk = _Chunk([], [], 0)
@@ -767,12 +776,8 @@ WHERE p.request_hash <> s.request_hash
 """
 
 
-def _external_id(row: _PurchaseRow) -> str:
-    return row.external_id
-
-
-def _external_ids(rows: list[_PurchaseRow]) -> set[str]:
-    return {row.external_id for row in rows}
+_external_id = operator.attrgetter("external_id")
+_stage_order = operator.attrgetter("customer_ref", "external_id")
 
 
 def _stage_load(cursor, rows: list[_PurchaseRow]) -> None:
@@ -781,9 +786,12 @@ def _stage_load(cursor, rows: list[_PurchaseRow]) -> None:
     with cursor.copy(f"COPY {_STAGE_TABLE} FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types(_STAGE_TYPES)
         write = copy.write_row
-        # Purchases are inserted in the stage's order, by external id: two chunks holding the same
-        # ids (written on two connections, or by two imports) wait for each other in one direction.
-        for row in sorted(rows, key=_external_id):
+        # Purchases are inserted in the stage's order. By customer: the foreign-key checks and the
+        # (customer, occurred_at) index then meet each customer's pages once, in order (a tenth
+        # less of PostgreSQL's time). Then by external id: two imports holding the same purchases
+        # wait for each other in one direction (the same id with other data can still deadlock;
+        # the chunk is then written again, _purchases_chunk_write_postgresql).
+        for row in sorted(rows, key=_stage_order):
             write(
                 (
                     row.external_id,
@@ -922,7 +930,9 @@ def _purchases_chunk_write_postgresql(
             earning, customers, outcome = _purchases_chunk_history(
                 rows, integration=integration, award_points=award_points, known=None, racing=False
             )
-    except IntegrityError:
+    except (IntegrityError, OperationalError) as exc:
+        if isinstance(exc, OperationalError) and not isinstance(exc.__cause__, errors.DeadlockDetected):
+            raise
         # The chunk was rolled back whole; again, taking what the other import left.
         earning, customers, outcome = _purchases_chunk_history(
             rows, integration=integration, award_points=award_points, known=None, racing=True
@@ -1198,7 +1208,7 @@ class _ChunkWriters:
     In threads, each chunk gets a report and a list of bad rows of its own; they are added to the
     caller's in file order, in the caller's thread, as the chunks complete: the counts and the bad
     rows reported are those of writing the chunks one after the other. So is what is written: a
-    chunk sharing a key (`keys`: a purchase's external id) with a chunk still being written waits
+    chunk sharing a key (a purchase's external id) with a chunk still being written waits
     for it, so that the first row with an id wins as it does one chunk after the other. An error
     in a thread is raised in the caller; leaving the block stops the threads, which close their
     database connections.
@@ -1209,13 +1219,11 @@ class _ChunkWriters:
         write: Callable[[list, ImportReport, Callable[[BadRow], None]], None],
         *,
         count: int,
-        keys: Callable[[list], set] | None,
         report: ImportReport,
         bad: Callable[[BadRow], None],
     ):
         self._write = write
         self.count = count
-        self._keys = keys
         self.report = report
         self.bad = bad
         self._jobs: queue.Queue = queue.Queue()
@@ -1264,15 +1272,15 @@ class _ChunkWriters:
         for row in bad_rows:
             self.bad(row)
 
-    def write(self, rows: list, read_bad: list[BadRow]) -> None:
-        """Write a chunk's good rows; `read_bad`: its bad rows, reported in their place."""
+    def write(self, rows: list, read_bad: list[BadRow], keys: set) -> None:
+        """Write a chunk's good rows; `read_bad`: its bad rows, reported in their place; `keys`:
+        those of its rows."""
         if not self._threads:
             for row in read_bad:
                 self.bad(row)
             if rows:
                 self._write(rows, self.report, self.bad)
             return
-        keys = self._keys(rows) if self._keys is not None else set()
         # Two chunks waiting per thread at most: memory stays bounded, the counts close behind.
         while self._pending and (
             len(self._pending) >= 2 * self.count
@@ -1305,12 +1313,13 @@ def _import_run(
     on_progress: Callable[[ImportReport], None] | None,
     progress_every: int,
     writers: int = 1,
-    keys: Callable[[list], set] | None = None,
+    key: Callable[[object], object] | None = None,
 ) -> ImportReport:
     """Read, parse (in the background) and write a file a chunk at a time; the report.
 
     `writers` > 1: chunks are written by that many threads, each on a connection of its own
-    (_ChunkWriters); `write` must then be safe to run for chunks without common `keys` at once.
+    (_ChunkWriters); `write` must then be safe to run at once for chunks whose rows have no `key`
+    in common.
     """
     started = time.monotonic()
     report = ImportReport()
@@ -1329,13 +1338,18 @@ def _import_run(
             max_line_length=max_line_length,
             report=report,
         ) as csv_file,
-        _parsed_chunks(csv_file.rows, parser(csv_file.columns), chunk_size=max(1, chunk_size)) as chunks,
-        _ChunkWriters(write, count=writers, keys=keys, report=report, bad=bad) as writing,
+        _parsed_chunks(
+            csv_file.rows,
+            parser(csv_file.columns),
+            chunk_size=max(1, chunk_size),
+            key=key if writers > 1 else None,
+        ) as chunks,
+        _ChunkWriters(write, count=writers, report=report, bad=bad) as writing,
     ):
         next_progress = progress_every
         for chunk in chunks:
             report.rows += chunk.count
-            writing.write(chunk.rows, chunk.bad)
+            writing.write(chunk.rows, chunk.bad, chunk.keys)
             if on_progress is not None and progress_every and report.rows >= next_progress:
                 report.seconds = time.monotonic() - started
                 on_progress(report)
@@ -1405,7 +1419,7 @@ def purchases_import(
         on_progress=on_progress,
         progress_every=progress_every,
         writers=writers,
-        keys=_external_ids,
+        key=_external_id,
     )
 
 
