@@ -278,6 +278,29 @@ def test_history_import_queries_do_not_grow_with_rows(tmp_path, django_assert_ma
     assert (report.created, report.customers_created) == (500, 250)
 
 
+@pytest.mark.parametrize(
+    "zone", ["Europe/Copenhagen", "Australia/Lord_Howe", "Pacific/Apia", "Africa/Casablanca"]
+)
+def test_local_times_become_utc_as_through_the_zone(zone):
+    # Lord Howe moves by half an hour, Apia skipped a whole day, Casablanca changes twice a year more.
+    tz = ZoneInfo(zone)
+    offsets = importing._UtcOffsets(tz)
+    local = dt.datetime(2010, 1, 1)
+    while local < dt.datetime(2013, 1, 1):
+        for minute in (0, 15, 29, 30, 59):
+            moment = local.replace(minute=minute)
+            assert offsets.to_utc(moment) == moment.replace(tzinfo=tz).astimezone(dt.UTC), moment
+        local += dt.timedelta(hours=1)
+    for edge in (dt.datetime(1, 1, 1), dt.datetime(9999, 12, 31, 23, 59)):
+        try:
+            expected = edge.replace(tzinfo=tz).astimezone(dt.UTC)
+        except OverflowError:
+            with pytest.raises(OverflowError):
+                offsets.to_utc(edge)
+        else:
+            assert offsets.to_utc(edge) == expected
+
+
 # --- Files that are not what they should be ---------------------------------------------
 
 
