@@ -775,15 +775,12 @@ _STAGE_WRITE_SQL = """
 WITH probe AS MATERIALIZED (
     SELECT s.external_id, c.id AS customer_id, s.amount, s.occurred_at,
            COALESCE(c.enrolled_at <= s.occurred_at, false) AS was_member, s.request_hash, s.category,
-           p.request_hash AS recorded
+           {recorded} AS recorded
     FROM import_purchase_stage s
     CROSS JOIN LATERAL (
         SELECT c.id, c.enrolled_at FROM accounts_customer c WHERE c.external_ref = s.customer_ref LIMIT 1
     ) c
-    LEFT JOIN LATERAL (
-        SELECT p.request_hash FROM rewards_purchase p
-        WHERE p.integration_id = %(integration)s AND p.external_id = s.external_id LIMIT 1
-    ) p ON true
+    {purchase_probe}
 ), inserted AS (
     INSERT INTO rewards_purchase (integration_id, external_id, customer_id, amount, currency, occurred_at,
         refunded_amount, points_earned, points_clawed_back, was_member, request_hash, balance_after,
@@ -801,8 +798,20 @@ WITH probe AS MATERIALIZED (
 SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM probe WHERE recorded = request_hash),
        ARRAY(SELECT external_id FROM probe WHERE recorded <> request_hash)
 """
-_STAGE_INSERT_SQL = _STAGE_WRITE_SQL.format(on_conflict="")
-_STAGE_INSERT_RACING_SQL = _STAGE_WRITE_SQL.format(on_conflict="ON CONFLICT DO NOTHING")
+_STAGE_PURCHASE_PROBE = """LEFT JOIN LATERAL (
+        SELECT p.request_hash FROM rewards_purchase p
+        WHERE p.integration_id = %(integration)s AND p.external_id = s.external_id LIMIT 1
+    ) p ON true"""
+_STAGE_INSERT_SQL = _STAGE_WRITE_SQL.format(
+    recorded="p.request_hash", purchase_probe=_STAGE_PURCHASE_PROBE, on_conflict=""
+)
+_STAGE_INSERT_RACING_SQL = _STAGE_WRITE_SQL.format(
+    recorded="p.request_hash", purchase_probe=_STAGE_PURCHASE_PROBE, on_conflict="ON CONFLICT DO NOTHING"
+)
+# While a file's purchases have all been new, a chunk is written without looking its ids up first
+# (a twelfth of PostgreSQL's time a row): one already there makes the insert fail on the unique
+# constraint, and the chunk is written again, looking up (_stage_write_history).
+_STAGE_INSERT_NEW_SQL = _STAGE_WRITE_SQL.format(recorded="NULL::varchar", purchase_probe="", on_conflict="")
 # After a racing write every staged id is recorded, by this import or another one.
 _STAGE_CONFLICTS_SQL = """
 SELECT s.external_id FROM import_purchase_stage s
@@ -900,14 +909,18 @@ def _customers_insert(cursor, refs: list[str], *, now: dt.datetime) -> int:
 
 
 def _stage_write_history(
-    cursor, *, integration_id: int, now: dt.datetime, racing: bool
+    cursor, *, integration_id: int, now: dt.datetime, racing: bool, new: bool = False
 ) -> tuple[int, int, list[str]]:
     """Record the staged purchases (distinct external ids, their customers all there) as history:
     no points. (created, already there with the same data, external ids there with other data).
 
+    `new`: inserted without looking them up (_STAGE_INSERT_NEW_SQL): IntegrityError if one is there.
     `racing`: with ON CONFLICT DO NOTHING, after the plain insert met a twin that another import
     of the same file wrote since the probe."""
     params = {"integration": integration_id, "currency": settings.PROGRAM_CURRENCY, "now": now}
+    if new:
+        cursor.execute(_STAGE_INSERT_NEW_SQL, params)
+        return cursor.fetchone()[0], 0, []
     if not racing:
         cursor.execute(_STAGE_INSERT_SQL, params)
         created, unchanged, conflicting = cursor.fetchone()
@@ -920,17 +933,23 @@ def _stage_write_history(
     return created, cursor.fetchone()[0] - created - len(conflicting), conflicting
 
 
-class _KnownCustomers:
-    """References of customers found in the database by earlier chunks of a history import, so
-    that a chunk looks up only the others before creating the missing ones; forgotten wholesale
-    when they grow too many. Read and added to by the import's writer threads (single set
-    operations, atomic in CPython). A reference that is no longer there (the customer was
-    deleted or renamed meanwhile) shows as a staged purchase without customer: the chunk is
-    then written again with every reference looked up (_CustomersMoved)."""
+class _HistoryMemory:
+    """What a history import remembers from chunk to chunk, read and written by its writer threads
+    (single operations, atomic in CPython):
+
+    - `refs`: references of customers found in the database by earlier chunks, so that a chunk
+      looks up only the others before creating the missing ones; forgotten wholesale when they
+      grow too many. A reference that is no longer there (the customer was deleted or renamed
+      meanwhile) shows as a staged purchase without customer: the chunk is then written again
+      with every reference looked up (_CustomersMoved).
+    - `all_new`: whether the last chunk's purchases were all new, so that the next one is first
+      inserted without looking its ids up (_STAGE_INSERT_NEW_SQL).
+    """
 
     def __init__(self, size: int):
         self.size = size
         self.refs: set[str] = set()
+        self.all_new = True
 
     def unknown(self, refs: set[str]) -> list[str]:
         known = self.refs
@@ -954,26 +973,35 @@ def _purchases_chunk_write_postgresql(
     *,
     integration,
     award_points: bool,
-    known: _KnownCustomers | None,
+    memory: _HistoryMemory | None,
     report: ImportReport,
     bad: Callable[[BadRow], None],
 ) -> None:
+    new = memory is not None and memory.all_new
     try:
         try:
             earning, customers, outcome = _purchases_chunk_history(
-                rows, integration=integration, award_points=award_points, known=known, racing=False
+                rows, integration=integration, award_points=award_points, memory=memory, new=new
             )
         except _CustomersMoved:
-            known.forget()
+            memory.forget()
             earning, customers, outcome = _purchases_chunk_history(
-                rows, integration=integration, award_points=award_points, known=None, racing=False
+                rows, integration=integration, award_points=award_points, memory=None
+            )
+        except IntegrityError:
+            if not new:
+                raise
+            # Some purchases were there already: the chunk was rolled back; again, looking up.
+            memory.all_new = False
+            earning, customers, outcome = _purchases_chunk_history(
+                rows, integration=integration, award_points=award_points, memory=memory
             )
     except (IntegrityError, OperationalError) as exc:
         if isinstance(exc, OperationalError) and not isinstance(exc.__cause__, errors.DeadlockDetected):
             raise
         # The chunk was rolled back whole; again, taking what the other import left.
         earning, customers, outcome = _purchases_chunk_history(
-            rows, integration=integration, award_points=award_points, known=None, racing=True
+            rows, integration=integration, award_points=award_points, memory=None, racing=True
         )
     customers_created, created, unchanged, conflicting = outcome
     report.customers_created += customers_created
@@ -1000,14 +1028,15 @@ def _purchases_chunk_history(
     *,
     integration,
     award_points: bool,
-    known: _KnownCustomers | None,
-    racing: bool,
+    memory: _HistoryMemory | None,
+    new: bool = False,
+    racing: bool = False,
 ) -> tuple[list[_PurchaseRow], dict, tuple[int, int, int, list[str]]]:
     """Create the chunk's unknown customers and record its history purchases (all of them, or with
     `award_points` those that earn nothing) in one transaction. The purchases that earn, their
     customers, and (customers created, purchases created, unchanged, ids recorded with other data).
 
-    `known`: customers found by earlier chunks, not looked up again (history only)."""
+    `memory`: what earlier chunks found (history only); `new`, `racing`: see _stage_write_history."""
     now = timezone.now()
     created_customers = 0
     earning: list[_PurchaseRow] = []
@@ -1018,7 +1047,7 @@ def _purchases_chunk_history(
         history = rows
         if not award_points:
             _stage_load(cursor, rows)
-            wanted = known.unknown(refs) if known is not None else sorted(refs)
+            wanted = memory.unknown(refs) if memory is not None else sorted(refs)
             if wanted:
                 cursor.execute(_CUSTOMERS_MISSING_SQL, [wanted])
                 missing = [ref for (ref,) in cursor.fetchall()]
@@ -1038,12 +1067,19 @@ def _purchases_chunk_history(
                 _stage_load(cursor, history)
         outcome = (0, 0, [])
         if history:
-            outcome = _stage_write_history(cursor, integration_id=integration.pk, now=now, racing=racing)
+            outcome = _stage_write_history(
+                cursor,
+                integration_id=integration.pk,
+                now=now,
+                racing=racing,
+                new=new,
+            )
             created, unchanged, conflicting = outcome
-            if known is not None and created + unchanged + len(conflicting) < len(history):
+            if memory is not None and created + unchanged + len(conflicting) < len(history):
                 raise _CustomersMoved  # a staged purchase found no customer: rolled back
-    if known is not None:
-        known.add(refs)  # committed: every one is there
+    if memory is not None:
+        memory.add(refs)  # committed: every one is there
+        memory.all_new = outcome[0] == len(history)
     return earning, customers, (created_customers, *outcome)
 
 
@@ -1186,7 +1222,7 @@ def _purchases_chunk_write(
     integration,
     award_points: bool,
     cache: _CustomerCache | None,
-    known: _KnownCustomers | None = None,
+    memory: _HistoryMemory | None = None,
     report: ImportReport,
     bad: Callable[[BadRow], None],
 ) -> None:
@@ -1202,7 +1238,7 @@ def _purchases_chunk_write(
     rows = list(distinct.values())
     if _set_based():
         _purchases_chunk_write_postgresql(
-            rows, integration=integration, award_points=award_points, known=known, report=report, bad=bad
+            rows, integration=integration, award_points=award_points, memory=memory, report=report, bad=bad
         )
         return
     now = timezone.now()
@@ -1431,7 +1467,7 @@ def purchases_import(
         writers = 1
     # Enrolments change while an award run goes: it looks customers up afresh for each chunk.
     cache = None if award_points else _CustomerCache(CUSTOMER_CACHE_SIZE)
-    known = None if award_points else _KnownCustomers(CUSTOMER_CACHE_SIZE)
+    memory = None if award_points else _HistoryMemory(CUSTOMER_CACHE_SIZE)
 
     def write(rows: list[_PurchaseRow], report: ImportReport, bad: Callable[[BadRow], None]) -> None:
         _purchases_chunk_write(
@@ -1439,7 +1475,7 @@ def purchases_import(
             integration=integration,
             award_points=award_points,
             cache=cache,
-            known=known,
+            memory=memory,
             report=report,
             bad=bad,
         )

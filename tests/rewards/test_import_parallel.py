@@ -222,3 +222,26 @@ def test_a_chunk_with_the_id_of_a_chunk_being_written_waits_for_it_so_the_first_
         (4, "purchase 'p1' was already recorded with different data")
     ]
     assert report.created == 2 and Purchase.objects.get(external_id="p1").amount == 10
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("writers", [1, 2])
+def test_chunks_of_new_purchases_then_of_recorded_ones_then_new_again_count_right(tmp_path, writers):
+    # New chunks are first inserted without looking their ids up; a chunk with recorded ones fails
+    # that way and is written again looking up, as are the chunks after it until one is all new.
+    rows = [f"C{i % 4},{day(i % 9 + 1)},{i}.50,q{i},,{'tea' if i % 2 else ''}\n" for i in range(40)]
+    (tmp_path / "middle.csv").write_text(HEADER + "".join(rows[10:20]))
+    importing.purchases_import(path=tmp_path / "middle.csv", chunk_size=5, writers=writers)
+    rows[12] = f"C0,{day(1)},99.00,q12,,\n"
+    (tmp_path / "all.csv").write_text(HEADER + "".join(rows))
+    bad: list = []
+
+    report = importing.purchases_import(
+        path=tmp_path / "all.csv", chunk_size=5, writers=writers, on_bad_row=bad.append
+    )
+
+    assert (report.created, report.unchanged, report.customers_created) == (30, 9, 0)
+    assert [(row.line, row.reason) for row in bad] == [
+        (14, "purchase 'q12' was already recorded with different data")
+    ]
+    assert Purchase.objects.count() == 40 and PurchaseLine.objects.count() == 20
