@@ -946,8 +946,9 @@ class _HistoryMemory:
       inserted without looking its ids up (_STAGE_INSERT_NEW_SQL).
     """
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, *, writers: int):
         self.size = size
+        self.writers = writers
         self.refs: set[str] = set()
         self.all_new = True
 
@@ -977,32 +978,17 @@ def _purchases_chunk_write_postgresql(
     report: ImportReport,
     bad: Callable[[BadRow], None],
 ) -> None:
-    new = memory is not None and memory.all_new
-    try:
+    earning: list[_PurchaseRow] = []
+    customers: dict = {}
+    if award_points:
         try:
-            earning, customers, outcome = _purchases_chunk_history(
-                rows, integration=integration, award_points=award_points, memory=memory, new=new
-            )
-        except _CustomersMoved:
-            memory.forget()
-            earning, customers, outcome = _purchases_chunk_history(
-                rows, integration=integration, award_points=award_points, memory=None
-            )
-        except IntegrityError:
-            if not new:
-                raise
-            # Some purchases were there already: the chunk was rolled back; again, looking up.
-            memory.all_new = False
-            earning, customers, outcome = _purchases_chunk_history(
-                rows, integration=integration, award_points=award_points, memory=memory
-            )
-    except (IntegrityError, OperationalError) as exc:
-        if isinstance(exc, OperationalError) and not isinstance(exc.__cause__, errors.DeadlockDetected):
-            raise
-        # The chunk was rolled back whole; again, taking what the other import left.
-        earning, customers, outcome = _purchases_chunk_history(
-            rows, integration=integration, award_points=award_points, memory=None, racing=True
-        )
+            earning, customers, outcome = _purchases_chunk_history(rows, integration=integration)
+        except (IntegrityError, OperationalError) as exc:
+            _raise_unless_race(exc)
+            # The chunk was rolled back whole; again, taking what the other import left.
+            earning, customers, outcome = _purchases_chunk_history(rows, integration=integration, racing=True)
+    else:
+        outcome = _history_chunk_write(rows, integration_id=integration.pk, memory=memory)
     customers_created, created, unchanged, conflicting = outcome
     report.customers_created += customers_created
     report.created += created
@@ -1023,63 +1009,126 @@ def _purchases_chunk_write_postgresql(
         )
 
 
-def _purchases_chunk_history(
+def _raise_unless_race(exc: Exception) -> None:
+    """A unique key taken by another import meanwhile, or a deadlock with one (the same ids in
+    another order), is a race: the chunk is written again. Anything else is raised."""
+    if isinstance(exc, OperationalError) and not isinstance(exc.__cause__, errors.DeadlockDetected):
+        raise exc
+
+
+def _history_customers_create(cursor, refs: set[str], *, memory: _HistoryMemory | None) -> int:
+    """Create the customers of these references that are not there (those `memory` knows are
+    there are not looked up). How many were created."""
+    wanted = memory.unknown(refs) if memory is not None else sorted(refs)
+    if not wanted:
+        return 0
+    cursor.execute(_CUSTOMERS_MISSING_SQL, [wanted])
+    missing = [ref for (ref,) in cursor.fetchall()]
+    return _customers_insert(cursor, missing, now=timezone.now()) if missing else 0
+
+
+def _history_customers_create_apart(refs: set[str], *, memory: _HistoryMemory | None) -> int:
+    """_history_customers_create in a transaction of its own: a writer whose chunk meets a customer
+    another writer is creating waits for this short transaction, not for the other's whole chunk
+    (with two writers, almost every chunk met one)."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        importing_award.import_transaction(cursor)
+        return _history_customers_create(cursor, refs, memory=memory)
+
+
+def _history_chunk_purchases(
     rows: list[_PurchaseRow],
     *,
-    integration,
-    award_points: bool,
-    memory: _HistoryMemory | None,
+    integration_id: int,
+    create: tuple[set[str], _HistoryMemory | None] | None,
     new: bool = False,
     racing: bool = False,
-) -> tuple[list[_PurchaseRow], dict, tuple[int, int, int, list[str]]]:
-    """Create the chunk's unknown customers and record its history purchases (all of them, or with
-    `award_points` those that earn nothing) in one transaction. The purchases that earn, their
-    customers, and (customers created, purchases created, unchanged, ids recorded with other data).
+    check: bool = False,
+) -> tuple[int, int, int, list[str]]:
+    """Record the chunk's purchases as history in one transaction, after creating their missing
+    customers in it (`create`: their references, what is known of them), or with their customers
+    there. `check`: raise _CustomersMoved (rolled back) if a purchase found no customer.
+    (customers created, purchases created, unchanged, ids recorded with other data)."""
+    customers_created = 0
+    with transaction.atomic(), connection.cursor() as cursor:
+        importing_award.import_transaction(cursor)
+        _stage_load(cursor, rows)
+        if create is not None:
+            customers_created = _history_customers_create(cursor, create[0], memory=create[1])
+        outcome = _stage_write_history(
+            cursor, integration_id=integration_id, now=timezone.now(), racing=racing, new=new
+        )
+        created, unchanged, conflicting = outcome
+        if check and created + unchanged + len(conflicting) < len(rows):
+            raise _CustomersMoved
+    return (customers_created, *outcome)
 
-    `memory`: what earlier chunks found (history only); `new`, `racing`: see _stage_write_history."""
+
+def _history_chunk_write(
+    rows: list[_PurchaseRow], *, integration_id: int, memory: _HistoryMemory | None
+) -> tuple[int, int, int, list[str]]:
+    """Create the chunk's unknown customers, then record its purchases as history. With several
+    writers the customers are created (and committed) first, apart. (customers created, purchases
+    created, unchanged, ids recorded with other data)."""
+    refs = {row.customer_ref for row in rows}
+    apart = memory is not None and memory.writers > 1
+    customers_created = _history_customers_create_apart(refs, memory=memory) if apart else 0
+
+    def write(*, lookup: _HistoryMemory | None = None, **kwargs) -> tuple[int, int, int, list[str]]:
+        created, *outcome = _history_chunk_purchases(
+            rows, integration_id=integration_id, create=None if apart else (refs, lookup), **kwargs
+        )
+        return (customers_created + created, *outcome)
+
+    new = memory is not None and memory.all_new
+    try:
+        try:
+            outcome = write(lookup=memory, new=new, check=memory is not None)
+        except _CustomersMoved:
+            memory.forget()
+            if apart:
+                customers_created += _history_customers_create_apart(refs, memory=None)
+            outcome = write()
+        except IntegrityError:
+            if not new:
+                raise
+            # Some purchases were there already: the chunk was rolled back; again, looking up.
+            memory.all_new = False
+            outcome = write(lookup=memory)
+    except (IntegrityError, OperationalError) as exc:
+        _raise_unless_race(exc)
+        # The chunk was rolled back whole; again, taking what the other import left.
+        outcome = write(racing=True)
+    if memory is not None:
+        memory.add(refs)  # committed: every one is there
+        memory.all_new = outcome[1] == len(rows)
+    return outcome
+
+
+def _purchases_chunk_history(
+    rows: list[_PurchaseRow], *, integration, racing: bool = False
+) -> tuple[list[_PurchaseRow], dict, tuple[int, int, int, list[str]]]:
+    """With --award-points: create the chunk's unknown customers and record as history its
+    purchases that earn nothing, in one transaction. The purchases that earn, their customers, and
+    (customers created, purchases created, unchanged, ids recorded with other data)."""
     now = timezone.now()
     created_customers = 0
     earning: list[_PurchaseRow] = []
-    customers: dict = {}
-    refs = {row.customer_ref for row in rows}
     with transaction.atomic(), connection.cursor() as cursor:
         importing_award.import_transaction(cursor)
-        history = rows
-        if not award_points:
-            _stage_load(cursor, rows)
-            wanted = memory.unknown(refs) if memory is not None else sorted(refs)
-            if wanted:
-                cursor.execute(_CUSTOMERS_MISSING_SQL, [wanted])
-                missing = [ref for (ref,) in cursor.fetchall()]
-                if missing:
-                    created_customers = _customers_insert(cursor, missing, now=now)
-        else:
-            customers = importing_award.customers_get(cursor, {row.customer_ref for row in rows})
-            missing = [ref for ref in customers if customers[ref] is None]
-            if missing:
-                created_customers = _customers_insert(cursor, missing, now=now)
-                customers.update(importing_award.customers_get(cursor, set(missing)))
-            # A member's purchases since enrolling earn (importing_award); the rest is history.
-            history = []
-            for row in rows:
-                (earning if customers[row.customer_ref].member_at(row.occurred_at) else history).append(row)
-            if history:
-                _stage_load(cursor, history)
+        customers = importing_award.customers_get(cursor, {row.customer_ref for row in rows})
+        missing = [ref for ref in customers if customers[ref] is None]
+        if missing:
+            created_customers = _customers_insert(cursor, missing, now=now)
+            customers.update(importing_award.customers_get(cursor, set(missing)))
+        # A member's purchases since enrolling earn (importing_award); the rest is history.
+        history = []
+        for row in rows:
+            (earning if customers[row.customer_ref].member_at(row.occurred_at) else history).append(row)
         outcome = (0, 0, [])
         if history:
-            outcome = _stage_write_history(
-                cursor,
-                integration_id=integration.pk,
-                now=now,
-                racing=racing,
-                new=new,
-            )
-            created, unchanged, conflicting = outcome
-            if memory is not None and created + unchanged + len(conflicting) < len(history):
-                raise _CustomersMoved  # a staged purchase found no customer: rolled back
-    if memory is not None:
-        memory.add(refs)  # committed: every one is there
-        memory.all_new = outcome[0] == len(history)
+            _stage_load(cursor, history)
+            outcome = _stage_write_history(cursor, integration_id=integration.pk, now=now, racing=racing)
     return earning, customers, (created_customers, *outcome)
 
 
@@ -1465,9 +1514,9 @@ def purchases_import(
     integration = services.integration_for_import()
     if award_points or not _set_based() or connection.in_atomic_block:
         writers = 1
+    memory = None if award_points else _HistoryMemory(CUSTOMER_CACHE_SIZE, writers=writers)
     # Enrolments change while an award run goes: it looks customers up afresh for each chunk.
     cache = None if award_points else _CustomerCache(CUSTOMER_CACHE_SIZE)
-    memory = None if award_points else _HistoryMemory(CUSTOMER_CACHE_SIZE)
 
     def write(rows: list[_PurchaseRow], report: ImportReport, bad: Callable[[BadRow], None]) -> None:
         _purchases_chunk_write(
