@@ -830,6 +830,17 @@ _stage_order = operator.attrgetter("customer_ref", "external_id")
 def _stage_load(cursor, rows: list[_PurchaseRow]) -> None:
     cursor.execute(_STAGE_CREATE_SQL)
     cursor.execute(f"TRUNCATE {_STAGE_TABLE}")
+    _stage_copy(cursor, rows)
+
+
+# A history chunk's transaction begins with one round trip (each one costs a writer thread a wait
+# for the GIL): the import's settings, the stage there and empty.
+_HISTORY_CHUNK_BEGIN_SQL = (
+    f"{importing_award.IMPORT_TRANSACTION_SQL}; {_STAGE_CREATE_SQL.strip()}; TRUNCATE {_STAGE_TABLE}"
+)
+
+
+def _stage_copy(cursor, rows: list[_PurchaseRow]) -> None:
     with cursor.copy(f"COPY {_STAGE_TABLE} FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types(_STAGE_TYPES)
         write = copy.write_row
@@ -1051,8 +1062,8 @@ def _history_chunk_purchases(
     (customers created, purchases created, unchanged, ids recorded with other data)."""
     customers_created = 0
     with transaction.atomic(), connection.cursor() as cursor:
-        importing_award.import_transaction(cursor)
-        _stage_load(cursor, rows)
+        cursor.execute(_HISTORY_CHUNK_BEGIN_SQL)
+        _stage_copy(cursor, rows)
         if create is not None:
             customers_created = _history_customers_create(cursor, create[0], memory=create[1])
         outcome = _stage_write_history(

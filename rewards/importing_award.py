@@ -55,7 +55,12 @@ def import_transaction(cursor) -> None:
     - jit off: statements over a chunk run for milliseconds; compiling them took longer (and
       enable_seqscan's penalty on the stage's cost always asked for it).
     """
-    cursor.execute("SET LOCAL synchronous_commit = off; SET LOCAL enable_seqscan = off; SET LOCAL jit = off")
+    cursor.execute(IMPORT_TRANSACTION_SQL)
+
+
+IMPORT_TRANSACTION_SQL = (
+    "SET LOCAL synchronous_commit = off; SET LOCAL enable_seqscan = off; SET LOCAL jit = off"
+)
 
 
 @dataclass(slots=True)
