@@ -1,4 +1,4 @@
-"""HTTP load generator for the integration API: standard library only (asyncio, raw HTTP/1.1).
+"""HTTP load generator for the integration API: standard library only (selectors, raw HTTP/1.1).
 
 Run by bench/run.py as a separate process; prints one JSON document on stdout.
 
@@ -20,12 +20,13 @@ of the window count as errors ("not sent").
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import json
 import math
 import random
 import resource
+import selectors
+import socket
 import sys
 import time
 from collections import Counter
@@ -34,35 +35,56 @@ from decimal import Decimal
 CATEGORIES = ["coffee-beans", "pastry", "equipment", "tea", ""]
 
 
-class _Client(asyncio.Protocol):
-    """The answers of one connection, parsed as bytes arrive: one future per request and no
-    stream reads (the generator shares the two cores with the server it measures, so its own
-    CPU a request is kept low)."""
+class Connection:
+    """One keep-alive HTTP/1.1 connection, non-blocking, driven by the Driver's selector: a
+    request in flight at a time, its answer parsed as bytes arrive. It reconnects when the
+    server closes it."""
 
-    def __init__(self):
-        self.transport: asyncio.Transport | None = None
+    def __init__(self, driver: Driver):
+        self.driver = driver
+        self.sock: socket.socket | None = None
         self.buffer = bytearray()
-        self.waiter: asyncio.Future | None = None
-        self.lost = False
+        self.raw = b""
+        self.started = 0.0  # when the request in flight was sent (closed) or due (open)
+        self.deadline = math.inf
+        self.reused = False
+        self.busy = False
+        self.connects = 0
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
+    def _open(self) -> None:
+        d = self.driver
+        self.sock = socket.create_connection((d.host, d.port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.setblocking(False)
+        d.selector.register(self.sock, selectors.EVENT_READ, self)
+        self.connects += 1
 
-    def data_received(self, data: bytes) -> None:
+    def close(self) -> None:
+        if self.sock is not None:
+            self.driver.selector.unregister(self.sock)
+            self.sock.close()
+        self.sock = None
+        self.buffer.clear()
+
+    def send(self, raw: bytes, started: float, *, again: bool = False) -> None:
+        if not again:
+            self.raw, self.started = raw, started
+            self.deadline = time.perf_counter() + self.driver.timeout
+        self.busy = True
+        self.reused = self.sock is not None
+        if not self.reused:
+            self._open()
+        self.sock.sendall(self.raw)  # a few hundred bytes: the socket buffer takes them at once
+
+    def readable(self) -> tuple[int, bytes] | None:
+        """The answer once it is complete, None while it is not."""
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("connection closed before a response")
         self.buffer += data
-        self._answer()
-
-    def connection_lost(self, exc) -> None:
-        self.lost = True
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionError("connection closed before a response"))
-
-    def _answer(self) -> None:
-        if self.waiter is None or self.waiter.done():
-            return
         end = self.buffer.find(b"\r\n\r\n")
         if end < 0:
-            return
+            return None
         head = bytes(self.buffer[:end]).split(b"\r\n")
         length, close = 0, False
         for line in head[1:]:
@@ -73,57 +95,13 @@ class _Client(asyncio.Protocol):
             elif name == b"connection" and value.strip().lower() == b"close":
                 close = True
         if len(self.buffer) < end + 4 + length:
-            return
+            return None
         payload = bytes(self.buffer[end + 4 : end + 4 + length])
         del self.buffer[: end + 4 + length]
-        self.waiter.set_result((int(head[0].split(b" ", 2)[1]), payload, close))
-
-
-class Connection:
-    """One keep-alive HTTP/1.1 connection that reconnects when the server closes it."""
-
-    def __init__(self, host: str, port: int, host_header: str):
-        self.host, self.port, self.host_header = host, port, host_header
-        self.client: _Client | None = None
-        self.connects = 0
-
-    async def _connect(self) -> None:
-        _transport, self.client = await asyncio.get_running_loop().create_connection(
-            _Client, self.host, self.port
-        )
-        self.connects += 1
-
-    def close(self) -> None:
-        if self.client is not None and self.client.transport is not None:
-            self.client.transport.close()
-        self.client = None
-
-    async def request(self, method: str, path: str, headers: dict, body: bytes = b"") -> tuple[int, bytes]:
-        head = [f"{method} {path} HTTP/1.1", f"Host: {self.host_header}"]
-        head += [f"{k}: {v}" for k, v in headers.items()]
-        if body or method == "POST":
-            head.append(f"Content-Length: {len(body)}")
-        raw = ("\r\n".join(head) + "\r\n\r\n").encode() + body
-        for attempt in (1, 2):
-            reused = self.client is not None and not self.client.lost
-            if not reused:
-                self.close()
-                await self._connect()
-            client = self.client
-            client.waiter = asyncio.get_running_loop().create_future()
-            client.transport.write(raw)
-            try:
-                status, payload, close = await client.waiter
-                break
-            except ConnectionError:
-                # The server closed an idle kept-alive connection before reading the request:
-                # nothing was processed, so sending it again on a fresh connection is safe.
-                self.close()
-                if not reused or attempt == 2:
-                    raise
+        self.busy = False
         if close:
             self.close()
-        return status, payload
+        return int(head[0].split(b" ", 2)[1]), payload
 
 
 class Workload:
@@ -214,86 +192,127 @@ def percentile(sorted_values: list[float], p: float) -> float | None:
     return sorted_values[min(len(sorted_values), max(1, rank)) - 1]
 
 
-async def _one(conn: Connection, workload: Workload, rec: Recorder, started: float, timeout: float):
-    method, path, headers, body = workload.next()
-    try:
-        async with asyncio.timeout(timeout):  # unlike wait_for, no task per request
-            status, payload = await conn.request(method, path, headers, body)
-        rec.record(started, time.perf_counter(), status, None, payload)
-    except (
-        TimeoutError,
-        OSError,
-        asyncio.IncompleteReadError,
-        asyncio.LimitOverrunError,
-        ValueError,
-        IndexError,
-    ) as exc:
+class Driver:
+    """All connections on one selector in this one thread: for each request a send, a receive
+    and a parse, with no event-loop machinery around them. The generator shares the two cores
+    with the server it measures, so its own CPU a request is kept as low as plain Python
+    allows (bench/RESULTS.md reports it: the "client" share)."""
+
+    def __init__(self, args, workload: Workload, rec: Recorder):
+        self.host, self.port, self.host_header = args.host, args.port, args.host_header
+        self.timeout = args.timeout
+        self.workload, self.rec = workload, rec
+        self.selector = selectors.DefaultSelector()
+
+    def _raw(self) -> bytes:
+        method, path, headers, body = self.workload.next()
+        head = [f"{method} {path} HTTP/1.1", f"Host: {self.host_header}"]
+        head += [f"{k}: {v}" for k, v in headers.items()]
+        if body or method == "POST":
+            head.append(f"Content-Length: {len(body)}")
+        return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+    def _fail(self, conn: Connection, error: str) -> None:
         conn.close()
-        rec.record(started, time.perf_counter(), None, type(exc).__name__, b"")
+        conn.busy = False
+        self.rec.record(conn.started, time.perf_counter(), None, error, b"")
 
+    def _fire(self, conn: Connection, started: float) -> None:
+        try:
+            conn.send(self._raw(), started)
+        except OSError as exc:
+            self._fail(conn, type(exc).__name__)
 
-async def run_closed(args, workload: Workload, rec: Recorder, t_end: float):
-    async def loop(conn: Connection):
+    def _poll(self, timeout: float) -> list[Connection]:
+        """Wait up to `timeout` for answers; the connections that became free."""
+        freed = []
+        for key, _ in self.selector.select(timeout):
+            conn = key.data
+            if not conn.busy:  # the server closed an idle kept-alive connection
+                conn.close()
+                continue
+            try:
+                answer = conn.readable()
+            except BlockingIOError:
+                continue
+            except (ConnectionError, OSError) as exc:
+                if conn.reused and not conn.buffer and conn.busy:
+                    # The server closed an idle kept-alive connection before reading the
+                    # request: nothing was processed, so sending it again is safe.
+                    conn.close()
+                    try:
+                        conn.send(b"", conn.started, again=True)
+                        conn.reused = False
+                        continue
+                    except OSError:
+                        pass
+                self._fail(conn, type(exc).__name__)
+                freed.append(conn)
+                continue
+            except (ValueError, IndexError) as exc:
+                self._fail(conn, type(exc).__name__)
+                freed.append(conn)
+                continue
+            if answer is not None:
+                self.rec.record(conn.started, time.perf_counter(), answer[0], None, answer[1])
+                freed.append(conn)
+        now = time.perf_counter()
+        for key in list(self.selector.get_map().values()):
+            conn = key.data
+            if conn.busy and conn.deadline < now:
+                self._fail(conn, "TimeoutError")
+                freed.append(conn)
+        return freed
+
+    def run_closed(self, concurrency: int, t_end: float) -> tuple[list[Connection], int]:
+        conns = [Connection(self) for _ in range(concurrency)]
+        for conn in conns:
+            self._fire(conn, time.perf_counter())
         while time.perf_counter() < t_end:
-            await _one(conn, workload, rec, time.perf_counter(), args.timeout)
+            for conn in self._poll(0.05):
+                self._fire(conn, time.perf_counter())
+            for conn in conns:  # one that failed to connect is tried again
+                if not conn.busy and conn.sock is None:
+                    self._fire(conn, time.perf_counter())
+        return conns, 0
 
-    conns = [Connection(args.host, args.port, args.host_header) for _ in range(args.concurrency)]
-    await asyncio.gather(*(loop(c) for c in conns))
-    return conns, 0
-
-
-async def run_open(args, workload: Workload, rec: Recorder, t_start: float, t_end: float):
-    """Requests are due every 1/rate seconds; a free connection takes the oldest due one."""
-    due: asyncio.Queue[float] = asyncio.Queue()
-    interval = 1.0 / args.rate
-    not_sent = 0
-
-    async def schedule():
-        k = 0
+    def run_open(
+        self, concurrency: int, rate: float, t_start: float, t_end: float
+    ) -> tuple[list[Connection], int]:
+        """Requests are due every 1/rate seconds; a free connection takes the oldest due one."""
+        conns = [Connection(self) for _ in range(concurrency)]
+        free = list(conns)
+        interval = 1.0 / rate
+        k = 0  # the next request to send is due at t_start + k * interval
         while True:
-            at = t_start + k * interval
-            if at >= t_end:
-                return
-            delay = at - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            # Release every request that is due by now (the loop may wake late).
             now = time.perf_counter()
-            while t_start + k * interval <= now and t_start + k * interval < t_end:
-                due.put_nowait(t_start + k * interval)
+            if now >= t_end:
+                break
+            while free and t_start + k * interval <= now:
+                conn = free.pop()
+                self._fire(conn, t_start + k * interval)
+                if not conn.busy:  # could not even send: counted as failed, free again
+                    free.append(conn)
                 k += 1
-
-    async def loop(conn: Connection):
-        while True:
-            at = await due.get()
-            if at is None:
-                return
-            await _one(conn, workload, rec, at, args.timeout)
-
-    conns = [Connection(args.host, args.port, args.host_header) for _ in range(args.concurrency)]
-    workers = [asyncio.create_task(loop(c)) for c in conns]
-    await schedule()
-    # Requests still queued more than a second after they were due when the window closes
-    # were never sent because the server fell behind: they count as errors.
-    while not due.empty():
-        if due.get_nowait() < t_end - 1.0:
-            not_sent += 1
-    for _ in workers:
-        due.put_nowait(None)
-    await asyncio.wait(workers, timeout=args.timeout)
-    return conns, not_sent
+            wait = 0.05 if not free else max(0.0, min(0.05, t_start + k * interval - now))
+            free.extend(self._poll(wait))
+        # Requests due more than a second before the window closed that were never sent
+        # because the server fell behind count as errors.
+        last_due = math.floor((t_end - 1.0 - t_start) / interval)
+        return conns, max(0, last_due - k + 1)
 
 
-async def main_async(args) -> dict:
+def main(args) -> dict:
     workload = Workload(args)
     t0 = time.perf_counter()
     t_start, t_end = t0 + args.warmup, t0 + args.warmup + args.duration
     rec = Recorder(t_start, t_end)
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    driver = Driver(args, workload, rec)
     if args.mode == "closed":
-        conns, not_sent = await run_closed(args, workload, rec, t_end)
+        conns, not_sent = driver.run_closed(args.concurrency, t_end)
     else:
-        conns, not_sent = await run_open(args, workload, rec, t0, t_end)
+        conns, not_sent = driver.run_open(args.concurrency, args.rate, t0, t_end)
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     for c in conns:
         c.close()
@@ -359,6 +378,6 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    result = asyncio.run(main_async(parse_args()))
+    result = main(parse_args())
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")
