@@ -7,8 +7,9 @@ For comparing two versions of the purchase path on a shared, noisy machine: a sa
 through gunicorn (bench/run.py) mixes in the server, the load generator and whatever else the
 machine is doing, while this measures only the request's own Python (process CPU time) and its
 PostgreSQL backend's CPU (from /proc), on the same database `bench/run.py` seeds
-(`loyalty_bench`, 1,000,000 customers; run `make bench` once first). The same request bodies as
-bench/loadgen.py: 1-3 lines, a random one of the million customers, a new external id each time.
+(`loyalty_bench`, 1,000,000 customers; run `make bench` once first). The requests are
+bench/loadgen.py's own purchases (1-3 lines, a random customer, 2 % never seen before, a new
+external id each time).
 Production settings (prepared statements, the API's middleware stack, connection health checks).
 A warm-up of 200 purchases is not counted. Run it on PostgreSQL on 127.0.0.1, nowhere else: it
 writes purchases into the benchmark database.
@@ -20,14 +21,14 @@ import argparse
 import io
 import json
 import os
-import random
 import sys
 import time
-from decimal import Decimal
 from pathlib import Path
 
+import loadgen  # bench/ is on sys.path when run as a script
+import run
+
 ROOT = Path(__file__).resolve().parent.parent
-CATEGORIES = ["coffee-beans", "pastry", "equipment", "tea", ""]
 
 
 def parse_args(argv=None):
@@ -42,16 +43,7 @@ def parse_args(argv=None):
 
 
 def setup(args) -> None:
-    os.environ.update(
-        DJANGO_SETTINGS_MODULE="loyalty_site.settings.production",
-        SECRET_KEY="bench-only-secret-key-not-for-production-0123456789abcdef",  # noqa: S106
-        ALLOWED_HOSTS="127.0.0.1,localhost",
-        DATABASE_URL=f"{args.pg_url.rstrip('/')}/{args.db_name}",
-        REDIS_URL=args.redis_url,
-        SECURE_SSL_REDIRECT="False",
-        LOG_LEVEL="WARNING",
-        API_RATE_LIMIT_PER_MINUTE="10000000",
-    )
+    os.environ.update(run.django_env(args))  # the benchmark's production settings
     sys.path.insert(0, str(ROOT))
     import django
 
@@ -67,51 +59,31 @@ def backend_cpu_seconds(pid: int) -> float:
 def main(argv=None) -> None:
     args = parse_args(argv)
     setup(args)
-    import datetime as dt
-
     from django.db import connection
 
     from loyalty_site.wsgi import application
     from rewards.services import integration_token_create
 
     _integration, token = integration_token_create(name=f"bench-inprocess-{time.time():.0f}")
-    rng = random.Random(1)
-    run = f"inproc-{time.time():.0f}"
+    # The load generator's own purchases (bench/loadgen.py), as WSGI environs.
+    workload = loadgen.Workload(
+        loadgen.parse_args(
+            ["--scenario", "purchases", "--token", token, "--customers", str(args.customers)]
+            + ["--run-id", f"inproc-{time.time():.0f}"]
+        )
+    )
 
-    def environ(seq: int) -> dict:
-        items = []
-        for _ in range(rng.randint(1, 3)):
-            cents = rng.randint(500, 60000)
-            items.append(
-                {
-                    "sku": f"SKU-{rng.randint(1, 500)}",
-                    "category": rng.choice(CATEGORIES),
-                    "quantity": "1",
-                    "amount": str(Decimal(cents) / 100),
-                }
-            )
-        body = json.dumps(
-            {
-                "external_id": f"{run}-{seq}",
-                "customer": f"B{rng.randint(1, args.customers):07d}",
-                "amount": str(sum(Decimal(i["amount"]) for i in items)),
-                "currency": "DKK",
-                "occurred_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                "items": items,
-            }
-        ).encode()
-        return {
-            "REQUEST_METHOD": "POST",
-            "PATH_INFO": "/api/v1/purchases",
+    def environ(_seq: int) -> dict:
+        method, path, headers, body = workload.next()
+        env = {
+            "REQUEST_METHOD": method,
+            "PATH_INFO": path,
             "QUERY_STRING": "",
             "SERVER_NAME": "127.0.0.1",
             "SERVER_PORT": "8000",
             "SERVER_PROTOCOL": "HTTP/1.1",
             "REMOTE_ADDR": "127.0.0.1",
             "HTTP_HOST": "127.0.0.1",
-            "HTTP_AUTHORIZATION": f"Bearer {token}",
-            "HTTP_ACCEPT": "application/json",
-            "CONTENT_TYPE": "application/json",
             "CONTENT_LENGTH": str(len(body)),
             "wsgi.input": io.BytesIO(body),
             "wsgi.errors": sys.stderr,
@@ -120,6 +92,10 @@ def main(argv=None) -> None:
             "wsgi.multiprocess": True,
             "wsgi.run_once": False,
         }
+        for name, value in headers.items():
+            key = name.upper().replace("-", "_")
+            env[key if key == "CONTENT_TYPE" else f"HTTP_{key}"] = value
+        return env
 
     status = []
 
