@@ -18,7 +18,6 @@ writes purchases into the benchmark database.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import loadgen  # bench/ is on sys.path when run as a script
 import run
+from wsgi_call import wsgi_call
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,40 +73,11 @@ def main(argv=None) -> None:
         )
     )
 
-    def environ(_seq: int) -> dict:
-        method, path, headers, body = workload.next()
-        env = {
-            "REQUEST_METHOD": method,
-            "PATH_INFO": path,
-            "QUERY_STRING": "",
-            "SERVER_NAME": "127.0.0.1",
-            "SERVER_PORT": "8000",
-            "SERVER_PROTOCOL": "HTTP/1.1",
-            "REMOTE_ADDR": "127.0.0.1",
-            "HTTP_HOST": "127.0.0.1",
-            "CONTENT_LENGTH": str(len(body)),
-            "wsgi.input": io.BytesIO(body),
-            "wsgi.errors": sys.stderr,
-            "wsgi.url_scheme": "http",
-            "wsgi.multithread": True,
-            "wsgi.multiprocess": True,
-            "wsgi.run_once": False,
-        }
-        for name, value in headers.items():
-            key = name.upper().replace("-", "_")
-            env[key if key == "CONTENT_TYPE" else f"HTTP_{key}"] = value
-        return env
-
-    status = []
-
-    def start_response(line, headers, exc_info=None):
-        status.append(line)
-
     def purchase(seq: int) -> None:
-        status.clear()
-        answer = b"".join(application(environ(seq), start_response))
-        if not status[0].startswith("201"):
-            raise SystemExit(f"purchase {seq}: {status[0]} {answer[:300]!r}")
+        method, path, headers, body = workload.next()
+        status, answer = wsgi_call(application, method, path, headers, body)
+        if status != 201:
+            raise SystemExit(f"purchase {seq}: {status} {answer[:300]!r}")
 
     for seq in range(200):
         purchase(seq)

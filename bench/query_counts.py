@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from run import django_env, parse_args  # noqa: E402
+from wsgi_call import wsgi_call  # noqa: E402
 
 
 def setup(bench_args) -> None:
@@ -73,30 +74,8 @@ def main() -> int:
     def wsgi_request(method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
         """The request as gunicorn hands it over: request_started/finished signals included
         (Django's test client would skip the per-request connection health check)."""
-        environ = {
-            "REQUEST_METHOD": method,
-            "PATH_INFO": path,
-            "QUERY_STRING": "",
-            "SERVER_NAME": "127.0.0.1",
-            "SERVER_PORT": "8000",
-            "SERVER_PROTOCOL": "HTTP/1.1",
-            "HTTP_HOST": "127.0.0.1",
-            "HTTP_AUTHORIZATION": f"Bearer {token}",
-            "CONTENT_TYPE": "application/json",
-            "CONTENT_LENGTH": str(len(body)),
-            "wsgi.input": io.BytesIO(body),
-            "wsgi.errors": sys.stderr,
-            "wsgi.url_scheme": "http",
-            "wsgi.version": (1, 0),
-            "wsgi.multithread": False,
-            "wsgi.multiprocess": True,
-            "wsgi.run_once": False,
-        }
-        status = []
-        result = application(environ, lambda s, headers, exc_info=None: status.append(s))
-        payload = b"".join(result)
-        result.close()
-        return int(status[0].split()[0]), payload
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        return wsgi_call(application, method, path, headers, body)
 
     # CONN_HEALTH_CHECKS: a `SELECT 1` on a raw cursor before the first query of each request,
     # invisible to CaptureQueriesContext; count it here.
