@@ -337,7 +337,7 @@ def purchases_award(
         referred = [c for c in members.values() if c.referred_by_id is not None]
         cursor.execute(
             _KEYS_SQL,
-            [[f"referral:{c.id}:{side}" for c in referred for side in ("referee", "referrer")]],
+            [[key for c in referred for key in services.referral_keys(c.id)]],
         )
         keys_taken = {key for (key,) in cursor.fetchall()}
         spend = _Spend(cursor, customer_ids=member_ids, now=now)
@@ -397,7 +397,7 @@ def purchases_award(
                     account.tier_id = best_id
                     account.tier_changed = True
             # The referral bonuses after a referred member's first purchase (services._referral_bonus_check).
-            key_referee = f"referral:{facts.id}:referee"
+            key_referee, key_referrer = services.referral_keys(facts.id)
             if facts.referred_by_id is not None and key_referee not in keys_taken:
                 at = min(row.occurred_at, now)
                 if program_rules.referral_bonus_referee:
@@ -411,7 +411,6 @@ def purchases_award(
                         purchase=purchase_id,
                     )
                     keys_taken.add(key_referee)
-                key_referrer = f"referral:{facts.id}:referrer"
                 referrer = accounts.get(facts.referred_by_id)
                 if (
                     referrer is not None
@@ -423,9 +422,9 @@ def purchases_award(
                         kind=Kind.BONUS,
                         points=program_rules.referral_bonus_referrer,
                         key=key_referrer,
-                        explanation=[
-                            {"code": "referral_referrer", "friend": facts.first_name or facts.external_ref}
-                        ],
+                        explanation=services.referral_referrer_explanation(
+                            first_name=facts.first_name, external_ref=facts.external_ref
+                        ),
                         at=at,
                         purchase=purchase_id,
                     )

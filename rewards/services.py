@@ -699,6 +699,16 @@ def _tier_upgrade_check(
             )
 
 
+def referral_keys(customer_id: int) -> tuple[str, str]:
+    """The ledger keys of a referred member's two referral bonuses (referee, referrer): the same
+    for the API's purchases and the imports', so that either gives them once."""
+    return f"referral:{customer_id}:referee", f"referral:{customer_id}:referrer"
+
+
+def referral_referrer_explanation(*, first_name: str, external_ref: str) -> list[dict]:
+    return [{"code": "referral_referrer", "friend": first_name or external_ref}]
+
+
 def _referral_bonus_check(account: PointsAccount, customer: Customer, *, purchase: Purchase) -> bool:
     """After a referred member's first purchase as a member, both sides get their bonus, once.
     True when this member's balance changed."""
@@ -707,7 +717,7 @@ def _referral_bonus_check(account: PointsAccount, customer: Customer, *, purchas
     program = program_get()["rules"]
     if not program.referral_bonus_referee and not program.referral_bonus_referrer:
         return False
-    key_referee, key_referrer = f"referral:{customer.pk}:referee", f"referral:{customer.pk}:referrer"
+    key_referee, key_referrer = referral_keys(customer.pk)
     # Either side's entry means the bonus was given (one of the two may be 0 and have none).
     if LedgerEntry.objects.filter(idempotency_key__in=[key_referee, key_referrer]).exists():
         return False
@@ -730,9 +740,9 @@ def _referral_bonus_check(account: PointsAccount, customer: Customer, *, purchas
             kind=Kind.BONUS,
             points=program.referral_bonus_referrer,
             key=key_referrer,
-            explanation=[
-                {"code": "referral_referrer", "friend": customer.first_name or customer.external_ref}
-            ],
+            explanation=referral_referrer_explanation(
+                first_name=customer.first_name, external_ref=customer.external_ref
+            ),
             at=now,
             purchase=purchase,
         )
