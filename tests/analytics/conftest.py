@@ -41,3 +41,18 @@ def buy(db):
         )
 
     return make
+
+
+def refund_whole(purchase, refund_id: str = "r1") -> None:
+    """The purchase refunded in full as the analytics read it (its refunded amount and the
+    refund row), without the ledger's clawback."""
+    from rewards.models import Purchase, Refund
+
+    Purchase.objects.filter(pk=purchase.pk).update(refunded_amount=purchase.amount)
+    Refund.objects.create(
+        integration=purchase.integration,
+        refund_id=refund_id,
+        purchase=purchase,
+        amount=purchase.amount,
+        request_hash="",
+    )

@@ -12,6 +12,8 @@ from analytics.models import ProgramEffect
 from rewards.demo import shoppers_simulate, simulated_shoppers_write
 from tests.factories import IntegrationFactory
 
+from .conftest import refund_whole
+
 pytestmark = pytest.mark.django_db
 
 AS_OF = dt.date(2026, 6, 30)
@@ -68,16 +70,7 @@ def test_rollup_update_after_new_purchases_and_a_refund_equals_a_rebuild(simulat
     for customer in Customer.objects.filter(pk__in=customers):
         buy(customer, AS_OF, 42)
     refunded = Purchase.objects.filter(customer_id=customers[0]).order_by("occurred_at").first()
-    Purchase.objects.filter(pk=refunded.pk).update(refunded_amount=refunded.amount)
-    from rewards.models import Refund
-
-    Refund.objects.create(
-        integration=refunded.integration,
-        refund_id="r1",
-        purchase=refunded,
-        amount=refunded.amount,
-        request_hash="",
-    )
+    refund_whole(refunded)
     result = rollup.rollup_update()
     assert result["customers_touched"] >= 3
     after_update = sorted(

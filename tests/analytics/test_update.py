@@ -9,10 +9,10 @@ from django.utils import timezone
 
 from analytics import services
 from analytics.models import CustomerScore
-from rewards.models import Purchase, Refund
+from rewards.models import Purchase
 from tests.factories import CustomerFactory
 
-from .conftest import local
+from .conftest import local, refund_whole
 
 pytestmark = pytest.mark.django_db
 
@@ -51,14 +51,7 @@ def test_update_rescores_only_the_customers_who_bought_or_were_refunded_as_a_ful
 
     buy(bo, today, 45, hour=0)  # a new purchase day, just after local midnight
     refunded = Purchase.objects.get(customer=ann, amount=Decimal("60"))
-    Purchase.objects.filter(pk=refunded.pk).update(refunded_amount=Decimal("60"))
-    Refund.objects.create(
-        integration=refunded.integration,
-        refund_id="r1",
-        purchase=refunded,
-        amount=refunded.amount,
-        request_hash="",
-    )
+    refund_whole(refunded)
     answer = services.analytics_update()
 
     assert answer["customers_touched"] == 2 and answer["scores_refreshed"] == 2
