@@ -139,16 +139,30 @@ def report(run: AnalyticsRun) -> dict:
         m = metric_value(run, metric, period=period, segment=segment)
         return None if m is None else {"value": m.value, **({"extra": m.extra} if m.extra else {})}
 
+    def described(r: AnalyticsRun | None) -> dict | None:
+        if r is None:
+            return None
+        return {
+            "id": r.pk,
+            "kind": r.kind,
+            "as_of": r.as_of.isoformat(),
+            "parameters": r.parameters,
+            "timings": r.timings,
+            "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+        }
+
     surveys = {s.pk: s for s in Survey.objects.all()}
     return {
-        "run": {
-            "id": run.pk,
-            "kind": run.kind,
-            "as_of": run.as_of.isoformat(),
-            "parameters": run.parameters,
-            "timings": run.timings,
-            "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-        },
+        "run": described(run),
+        # The latest incremental update since: the scores of the customers it touched are as
+        # of its date (their rows' updated_at), everything else as of the run's.
+        "incremental_update": described(
+            AnalyticsRun.objects.filter(
+                kind=AnalyticsRun.Kind.INCREMENTAL, status=AnalyticsRun.Status.DONE, pk__gt=run.pk
+            )
+            .order_by("-pk")
+            .first()
+        ),
         "crr": {period: values("crr", period) for period in ("month", "quarter", "year")},
         "churn": {period: values("churn", period) for period in ("month", "quarter", "year")},
         "churn_annualised": values("churn_annualised", "month"),

@@ -311,8 +311,13 @@ def program_value_rows(
 def analytics_update() -> dict:
     """The incremental update: bring the rollup up to date and refresh, in the latest full
     run, the scores of customers who bought (or were refunded) since, with that run's model
-    parameters. Idempotent: a second run finds nothing new. Metrics, cohorts and the program
-    effect wait for the next full refresh."""
+    parameters. Idempotent: a second run finds nothing new (and records nothing). Metrics,
+    cohorts and the program effect wait for the next full refresh.
+
+    An update that found something new is recorded as a run of kind "incremental" with its
+    as-of date (today), the parameters its scores were computed with and the full run whose
+    scores it refreshed (`base_run`); it has no snapshot rows of its own, the refreshed scores
+    say so in `CustomerScore.updated_at`."""
     started = time.perf_counter()
     if not _lock():
         return {"skipped": "another analytics run is in progress"}
@@ -322,21 +327,42 @@ def analytics_update() -> dict:
     rolled = rollup.rollup_update()
     latest = AnalyticsRun.objects.filter(kind=AnalyticsRun.Kind.FULL, status=AnalyticsRun.Status.DONE).first()
     refreshed = 0
+    p = compute.Parameters.from_settings(as_of=timezone.localdate())
     if latest is not None and before is not None and rolled["customers_touched"]:
         # The customers the rollup update re-aggregated (analytics_touched: purchases or refunds
         # since the last update, with the same overlap of ids), without reading them again.
         with sql.planner(random_page_cost=sql.CACHED):
-            refreshed = scores_refresh(latest, customers_table="analytics_touched")
-    return {
+            refreshed = scores_refresh(latest, customers_table="analytics_touched", parameters=p)
+    answer = {
         "purchase_days": rolled["purchase_days"],
         "customers_touched": rolled["customers_touched"],
         "scores_refreshed": refreshed,
         "seconds": round(time.perf_counter() - started, 3),
     }
+    if rolled["customers_touched"] or refreshed:
+        record = AnalyticsRun.objects.create(
+            kind=AnalyticsRun.Kind.INCREMENTAL,
+            as_of=p.as_of,
+            status=AnalyticsRun.Status.DONE,
+            parameters={
+                **p.as_json(),
+                "base_run": latest.pk if latest else None,
+                # The base run's models, hence its rule (services.scores_refresh, compute.risk_sql).
+                "churn_rule": latest.parameters.get("churn_rule") if latest else None,
+            },
+            timings=answer,
+            finished_at=timezone.now(),
+        )
+        answer["run"] = record.pk
+    return answer
 
 
 def scores_refresh(
-    run: AnalyticsRun, *, customer_ids: list[int] | None = None, customers_table: str | None = None
+    run: AnalyticsRun,
+    *,
+    customer_ids: list[int] | None = None,
+    customers_table: str | None = None,
+    parameters: compute.Parameters | None = None,
 ) -> int:
     """Recompute the scores of these customers (given as ids, or as a table with a
     customer_id column) as of today, with the run's fitted models and its RFM boundaries kept
@@ -347,7 +373,7 @@ def scores_refresh(
 
     from .models import ModelFit
 
-    p = compute.Parameters.from_settings(as_of=timezone.localdate())
+    p = parameters or compute.Parameters.from_settings(as_of=timezone.localdate())
     a = p.as_of_number
     fits = {f.model: f.parameters for f in ModelFit.objects.filter(run=run, converged=True)}
     bg = fits.get(ModelFit.Model.BGNBD)
