@@ -128,6 +128,8 @@ def test_overview_shows_the_snapshot_figures_with_its_date_and_parameters(staff_
     # NPS: 2 promoters, 1 detractor of 4 answers → 25; CSAT: 1 of 2 satisfied → 50 %.
     assert "NPS, all answers 25.0" in text
     assert "CSAT: share satisfied (4–5), all answers 50.0 %" in text
+    csat = MetricValue.objects.get(run=run, metric="csat", period="asof", segment="all")
+    assert csat.extra["mean"] == 3.5  # METRICS.md: the mean beside the top-two-box share (5 and 2)
     # CAC: 800 DKK spent in January and February, two members enrolled (ann, cy).
     assert "CAC, trailing 12 months (DKK) 400.00" in text
     assert "Recommend us?" in text and "Last visit" in text
@@ -236,6 +238,28 @@ def test_pages_read_the_snapshot_in_a_few_queries(staff_client, run, django_asse
     for name, budget in budgets.items():
         with django_assert_max_num_queries(budget):
             staff_client.get(reverse(name))
+
+
+def test_pages_and_downloads_read_the_snapshot_tables_only(staff_client, run):
+    # Nothing is computed when a page opens: no query reads the receipts, the ledger or the
+    # rollups the computation starts from.
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    sources = re.compile(
+        r"\b(rewards_purchase|rewards_refund|rewards_ledgerentry|rewards_redemption|"
+        r"analytics_customerday|analytics_customermonth|analytics_surveyresponse)\b"
+    )
+    urls = [reverse(name) for name in PAGES]
+    urls += [reverse("analytics-csv", args=[slug]) for slug in [*views.TABLES, *views.RAW_TABLES]]
+    with CaptureQueriesContext(connection) as queries:
+        for url in urls:
+            response = staff_client.get(url)
+            assert response.status_code == 200, url
+            if response.streaming:
+                b"".join(response.streaming_content)
+    assert len(queries) > len(urls)
+    assert not [q["sql"] for q in queries if sources.search(q["sql"])]
 
 
 def test_pages_speak_danish_and_keep_svg_coordinates_unlocalised(staff_client, run):
