@@ -24,8 +24,12 @@ from .models import RollupState
 
 # Ids are taken from a sequence when a row is inserted but become visible at commit, so a
 # purchase with a smaller id can appear after a larger one was read. Re-reading this many
-# ids below the watermark catches such late commits (re-aggregating is idempotent); the
-# nightly full refresh rebuilds from scratch anyway.
+# ids below the watermark catches such late commits (re-aggregating is idempotent). It is a
+# limit, not a guarantee: the nightly full refresh brings the rollup up to date the same way
+# (it does not rebuild it), so a purchase or refund committed more than ID_OVERLAP ids below
+# the watermark of an update that ran meanwhile (two writers' long transactions, such as the
+# history import's 5,000-row chunks) stays out of the rollup until
+# `compute_analytics --rebuild`.
 ID_OVERLAP = 2000
 
 TABLE = "analytics_customerday"
