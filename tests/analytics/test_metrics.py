@@ -4,6 +4,7 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
+from django.utils import timezone
 
 from analytics import services
 from analytics.models import CohortCell, CustomerDay, CustomerScore, MetricValue, ProgramEffect
@@ -159,3 +160,43 @@ def test_empty_shop_gives_nulls_not_errors(db):
     assert metric(run, "crr", "month", start=D(2026, 2, 1)).value is None
     assert metric(run, "rpr", "window", "all:365").value is None
     assert metric(run, "aov", "window", "all:365").value is None
+
+
+def test_points_liability_redemption_rate_and_clv_to_cac_from_the_ledger(member, integration):
+    from analytics.models import MonthlyCost
+    from rewards import services as rewards
+    from tests.factories import RewardFactory
+
+    today = timezone.localdate()
+    rewards.purchase_record(
+        integration=integration,
+        external_id="p1",
+        customer_ref=member.external_ref,
+        amount=Decimal("300"),
+        currency="DKK",
+        occurred_at=timezone.now(),
+    )
+    reward = RewardFactory(cost_points=100)
+    kept = rewards.reward_redeem(customer=member, reward_id=reward.pk)
+    returned = rewards.reward_redeem(customer=member, reward_id=reward.pk)
+    rewards.redemption_cancel(redemption_id=returned.redemption.pk)
+    assert kept.redemption.pk != returned.redemption.pk
+    MonthlyCost.objects.create(month=today.replace(day=1), kind="acquisition", amount=Decimal("70"))
+
+    run = services.analytics_refresh(as_of=today, bootstrap=10)
+
+    # 50 (sign-up bonus) + 300 earned − 2 × 100 redeemed + 100 returned with the cancelled voucher.
+    assert metric(run, "points_outstanding", "asof").value == 250
+    breakage = metric(run, "points_breakage", "asof")  # nothing expired: all of it will be redeemed
+    assert (breakage.numerator, breakage.denominator, breakage.value) == (0, 100, 0)
+    liability = metric(run, "points_liability", "asof")
+    assert liability.value == pytest.approx(250 * run.parameters["point_cost"])
+    month = metric(run, "redemption_rate", "month", start=today.replace(day=1))
+    assert (month.numerator, month.denominator) == (100, 350)  # redeemed net of returns ÷ issued
+    assert month.complete == (month.period_end <= today)
+    # CAC: 70 DKK for the one member who enrolled this month; CLV : CAC with the member's CLV.
+    assert metric(run, "cac", "window").value == 70
+    clv_cac = metric(run, "clv_cac", "window")
+    score = CustomerScore.objects.get(run=run, customer=member)
+    value = score.predicted_clv if clv_cac.extra["basis"] == "predicted" else score.historical_clv
+    assert clv_cac.value == pytest.approx(float(value) / 70)
