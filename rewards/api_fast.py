@@ -44,6 +44,8 @@ _REQUIRED_KEYS = frozenset({"external_id", "customer", "amount", "currency", "oc
 _PURCHASE_KEYS = _REQUIRED_KEYS | {"items", "enroll"}
 _ITEM_KEYS = frozenset({"sku", "category", "quantity", "amount"})
 _PLAIN_ACCEPT = frozenset({"", "*/*", "application/json"})
+# Set by loyalty_site.wsgi.PurchaseLane on a request it tried and handed to the full stack.
+LANE_TRIED = "loyalty.purchase_lane_tried"
 
 
 def _text(value, max_length: int, *, blank: bool = False) -> bool:
@@ -178,7 +180,7 @@ def _record(integration, data):
 
 def purchase_answer(request) -> HttpResponse | None:
     """The answer to a plain purchase request, or None for PurchaseCreateView's full path."""
-    if request.method != "POST" or request.content_type != "application/json":
+    if request.method != "POST" or request.content_type != "application/json" or LANE_TRIED in request.META:
         return None
     if request.content_params.get("charset", "utf-8").lower() not in ("utf-8", "utf8"):
         return None

@@ -140,3 +140,125 @@ def test_pages_still_run_through_the_full_stack(db):
     assert any(name.lower() == "set-cookie" and "csrftoken" in value for name, value in page.header_list)
     # The API's documentation is a page, not part of the integration API's lane.
     assert wsgi("GET", "/api/docs/").status_code == 200
+
+
+# --- The plain purchase's lane (loyalty_site.wsgi.PurchaseLane) --------------------------------
+
+
+def _purchase(external_id: str, customer: str, **extra) -> bytes:
+    body = {
+        "external_id": external_id,
+        "customer": customer,
+        "amount": "120.00",
+        "currency": "DKK",
+        "occurred_at": timezone.now().isoformat(),
+        "items": [{"sku": "ESP-1", "category": "coffee", "quantity": "2", "amount": "120.00"}],
+        "enroll": True,
+        **extra,
+    }
+    return json.dumps(body).encode()
+
+
+def _full_stack(monkeypatch) -> list[str]:
+    """Count the requests that reach the API's Django handler behind the lane."""
+    reached = []
+    handler = application.api
+
+    def counted(environ, start_response):
+        reached.append(environ["PATH_INFO"])
+        return handler(environ, start_response)
+
+    monkeypatch.setattr(application.purchases, "api", counted)
+    monkeypatch.setattr(application, "api", counted)
+    return reached
+
+
+def _through_api_handler(method, path, *, body=b"", **headers) -> Answer:
+    """The same request through the API's Django handler alone (what answered before the lane)."""
+    saved, application.purchase_path = application.purchase_path, None
+    try:
+        return wsgi(method, path, body=body, **headers)
+    finally:
+        application.purchase_path = saved
+
+
+def test_the_lane_serves_exactly_the_plain_purchase_and_knows_the_apis_stack():
+    from django.conf import settings
+
+    assert application.purchase_path == "/api/v1/purchases"
+    # The lane restates the API's middleware stack; a change to it must change the lane too.
+    assert settings.API_MIDDLEWARE == application.purchases.MIDDLEWARE_RESTATED
+    assert application.purchases.serves()
+
+
+def test_a_lane_whose_stack_is_not_the_apis_does_not_serve(settings):
+    from loyalty_site.wsgi import PurchaseLane
+
+    settings.API_MIDDLEWARE = [*settings.API_MIDDLEWARE, "django.middleware.gzip.GZipMiddleware"]
+    assert not PurchaseLane(application.api, "/api/v1/purchases").serves()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"accept_language": "da"},
+        {"accept_language": "th-TH,th;q=0.9,en;q=0.5"},
+        {"accept_language": "ru", "cookie": "django_language=sv"},
+        {"accept_language": "fr"},  # not one of the site's: the default language
+        {"x_forwarded_proto": "https", "accept_language": "sv"},  # HSTS on a secure request
+        {"accept": "application/json"},
+    ],
+)
+def test_the_lane_answers_a_purchase_as_the_full_stack_does(token, monkeypatch, headers):
+    auth = f"Bearer {token}"
+    reached = _full_stack(monkeypatch)
+    body = _purchase("lane-a", "LA")
+    lane = wsgi("POST", "/api/v1/purchases", body=body, authorization=auth, **headers)
+    assert reached == []  # answered by the lane
+    full = _through_api_handler(
+        "POST", "/api/v1/purchases", body=_purchase("lane-b", "LB"), authorization=auth, **headers
+    )
+    assert reached == ["/api/v1/purchases"]
+    assert (lane.status_code, full.status_code) == (201, 201)
+    # The same member, rules and basket: the same answer but for the ids.
+    ids = {"external_id": "", "customer": ""}
+    assert lane.json() | ids == full.json() | ids
+    assert lane.json()["points_earned"] > 0
+    assert sorted(lane.header_list) == sorted(full.header_list)
+    assert_secure_headers(lane)
+    # And a replay through the lane answers the original.
+    again = wsgi("POST", "/api/v1/purchases", body=body, authorization=auth, **headers)
+    assert (again.status_code, again.json()) == (200, lane.json())
+
+
+def test_what_the_lane_does_not_take_goes_to_the_full_stack_with_its_body(token, monkeypatch):
+    auth = f"Bearer {token}"
+    reached = _full_stack(monkeypatch)
+    # Whitespace DRF trims: the plain path refuses it, the full stack records it (so it read the body).
+    answer = wsgi("POST", "/api/v1/purchases", body=_purchase("lane-c", "  LC  "), authorization=auth)
+    assert (answer.status_code, answer.json()["customer"]) == (201, "LC")
+    # A bad body: the API's error, in its shape.
+    bad = wsgi("POST", "/api/v1/purchases", body=_purchase("lane-d", "LD", amount="-1"), authorization=auth)
+    assert (bad.status_code, bad.json()["error"]["code"]) == (400, "invalid")
+    # No token, a host the site does not serve: answered by the full stack as before.
+    assert wsgi("POST", "/api/v1/purchases", body=_purchase("lane-e", "LE")).status_code == 401
+    foreign = wsgi(
+        "POST", "/api/v1/purchases", body=_purchase("lane-f", "LF"), authorization=auth, host="evil.example"
+    )
+    assert foreign.status_code == 400
+    assert (
+        foreign.status_code
+        == _through_api_handler(
+            "POST",
+            "/api/v1/purchases",
+            body=_purchase("lane-g", "LG"),
+            authorization=auth,
+            host="evil.example",
+        ).status_code
+    )
+    assert reached == ["/api/v1/purchases"] * 5
+    # Other methods and paths never enter the lane.
+    assert wsgi("GET", "/api/v1/purchases", authorization=auth).status_code == 405
+    assert reached[-1] == "/api/v1/purchases"
+    assert len(reached) == 6
