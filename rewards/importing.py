@@ -29,11 +29,12 @@ import hashlib
 import io
 import json
 import operator
+import pickle
 import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -45,11 +46,13 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, OperationalError, connection, transaction
 from django.utils import timezone
-from psycopg import errors
+from psycopg import errors, postgres, pq
+from psycopg._copy_base import format_row_binary  # psycopg's own (C), as Copy.write_row uses it; pinned
+from psycopg.adapt import Transformer
 
 from accounts.models import Customer, external_ref_is_printable
 
-from . import importing_award, services
+from . import importing_award, importing_process, services
 from .errors import DomainError
 from .models import PointsAccount, Purchase, PurchaseLine
 from .rules import CENT
@@ -77,6 +80,8 @@ AWARD_BATCH_ONE_BY_ONE = 100
 # a chunk takes twice the time this process takes to read and parse it, and a connection's
 # backend is one process, so one core.
 WRITERS = 2
+# Chunks handed to each writer and not yet collected, at most (_ChunkWriters).
+PENDING_PER_WRITER = 2
 # A referral code is random; a new customer whose code clashes is retried this often.
 CREATE_ATTEMPTS = 5
 
@@ -385,10 +390,72 @@ def _csv_rows(reader, lines: _Lines, *, width: int) -> Iterator[tuple[int, list[
 
 @dataclass
 class _Chunk:
-    rows: list  # parsed good rows
+    number: int  # 0, 1, 2, … in file order
+    rows: list  # parsed good rows (or what `prepare` made of them: _chunks)
     bad: list[BadRow]
     count: int  # data rows read, good and bad
-    keys: set = field(default_factory=set)  # the key of each good row (_parsed_chunks' `key`)
+    keys: set = field(default_factory=set)  # the key of each good row (_chunks' `key`)
+    after: int = -1  # the latest chunk before this one with a key in common (-1: none close)
+
+
+class _Overlaps:
+    """For each chunk, the latest of the `lookback` chunks before it that has a key in common with
+    it: a writer must have finished that one before it writes this one (_ChunkWriters)."""
+
+    def __init__(self, lookback: int):
+        self.recent: collections.deque[tuple[int, set]] = collections.deque(maxlen=max(1, lookback))
+
+    def after(self, number: int, keys: set) -> int:
+        latest = -1
+        for earlier, earlier_keys in self.recent:
+            if not keys.isdisjoint(earlier_keys):
+                latest = earlier
+        self.recent.append((number, keys))
+        return latest
+
+
+def _chunks(
+    rows: Iterator[tuple[int, list[str]] | BadRow],
+    parse: Callable[[int, list[str]], object],
+    *,
+    chunk_size: int,
+    key: Callable[[object], object] | None = None,
+    lookback: int = 0,
+    prepare: Callable[[list, list[BadRow]], object] | None = None,
+) -> Iterator[_Chunk]:
+    """The rows parsed into chunks of `chunk_size` rows read (good and bad). With `key`, each chunk
+    knows the latest of the `lookback` chunks before it with a key in common (`after`). `prepare`
+    turns a chunk's parsed rows into what its writer takes (and may add bad rows, after those of
+    the reading)."""
+    overlaps = _Overlaps(lookback) if key is not None else None
+
+    def ready(chunk: _Chunk) -> _Chunk:
+        if overlaps is not None:
+            chunk.after = overlaps.after(chunk.number, chunk.keys)
+            chunk.keys = set()  # kept by `overlaps` as long as needed
+        if prepare is not None:
+            chunk.rows = prepare(chunk.rows, chunk.bad)
+        return chunk
+
+    chunk = _Chunk(0, [], [], 0)
+    for item in rows:
+        chunk.count += 1
+        if isinstance(item, BadRow):
+            chunk.bad.append(item)
+        else:
+            line, fields = item
+            try:
+                parsed = parse(line, fields)
+            except _BadValue as exc:
+                chunk.bad.append(BadRow(line, str(exc), tuple(fields)))
+            else:
+                chunk.rows.append(parsed)
+                if overlaps is not None:
+                    chunk.keys.add(key(parsed))
+        if chunk.count >= chunk_size:
+            yield ready(chunk)
+            chunk = _Chunk(chunk.number + 1, [], [], 0)
+    yield ready(chunk)
 
 
 class _Stopped(Exception):
@@ -402,9 +469,10 @@ def _parsed_chunks(
     *,
     chunk_size: int,
     key: Callable[[object], object] | None = None,
+    lookback: int = 0,
+    prepare: Callable[[list, list[BadRow]], object] | None = None,
 ) -> Iterator[Iterator[_Chunk]]:
-    """The rows parsed into chunks of `chunk_size` by a background thread; with `key`, each chunk
-    with the set of its rows' keys (made here, while the rows are fresh in the CPU's caches).
+    """_chunks made by a background thread.
 
     Reading and parsing the next chunk then overlaps the database writing the current
     one (psycopg releases the GIL while it waits for the server). The thread touches no
@@ -426,25 +494,10 @@ def _parsed_chunks(
 
     def work() -> None:
         try:
-            chunk = _Chunk([], [], 0)
-            for item in rows:
-                chunk.count += 1
-                if isinstance(item, BadRow):
-                    chunk.bad.append(item)
-                else:
-                    line, fields = item
-                    try:
-                        parsed = parse(line, fields)
-                    except _BadValue as exc:
-                        chunk.bad.append(BadRow(line, str(exc), tuple(fields)))
-                    else:
-                        chunk.rows.append(parsed)
-                        if key is not None:
-                            chunk.keys.add(key(parsed))
-                if chunk.count >= chunk_size:
-                    put(chunk)
-                    chunk = _Chunk([], [], 0)
-            put(chunk)
+            for chunk in _chunks(
+                rows, parse, chunk_size=chunk_size, key=key, lookback=lookback, prepare=prepare
+            ):
+                put(chunk)
             put(done)
         except _Stopped:
             pass
@@ -830,7 +883,7 @@ _stage_order = operator.attrgetter("customer_ref", "external_id")
 def _stage_load(cursor, rows: list[_PurchaseRow]) -> None:
     cursor.execute(_STAGE_CREATE_SQL)
     cursor.execute(f"TRUNCATE {_STAGE_TABLE}")
-    _stage_copy(cursor, rows)
+    _stage_copy(cursor, _stage_data(rows, _stage_transformer()))
 
 
 # A history chunk's transaction begins with one round trip (each one costs a writer thread a wait
@@ -840,26 +893,95 @@ _HISTORY_CHUNK_BEGIN_SQL = (
 )
 
 
-def _stage_copy(cursor, rows: list[_PurchaseRow]) -> None:
+# The stage's rows as PostgreSQL's binary COPY format takes them (whole: signature, rows, trailer).
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\0" + bytes(8)  # no flags, no header extension
+_COPY_TRAILER = b"\xff\xff"
+
+
+def _stage_transformer() -> Transformer:
+    """Dumps the stage's columns (_STAGE_TYPES) to binary without a connection (no encoding but
+    UTF-8 for text)."""
+    transformer = Transformer()
+    transformer.set_dumper_types([postgres.types[name].oid for name in _STAGE_TYPES], pq.Format.BINARY)
+    return transformer
+
+
+def _stage_data(rows: list[_PurchaseRow], transformer: Transformer) -> bytes:
+    """The purchases (distinct external ids) as the stage's binary COPY data.
+
+    Purchases are inserted in the stage's order. By customer: the foreign-key checks and the
+    (customer, occurred_at) index then meet each customer's pages once, in order (a tenth less of
+    PostgreSQL's time). Then by external id: two imports holding the same purchases wait for each
+    other in one direction (the same id with other data can still deadlock; the chunk is then
+    written again, _raise_unless_race)."""
+    data = bytearray(_COPY_SIGNATURE)
+    for row in sorted(rows, key=_stage_order):
+        format_row_binary(
+            (row.external_id, row.customer_ref, row.amount, row.occurred_at, row.fingerprint, row.category),
+            transformer,
+            data,
+        )
+    data += _COPY_TRAILER
+    return bytes(data)
+
+
+def _stage_copy(cursor, data: bytes) -> None:
     with cursor.copy(f"COPY {_STAGE_TABLE} FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types(_STAGE_TYPES)
-        write = copy.write_row
-        # Purchases are inserted in the stage's order. By customer: the foreign-key checks and the
-        # (customer, occurred_at) index then meet each customer's pages once, in order (a tenth
-        # less of PostgreSQL's time). Then by external id: two imports holding the same purchases
-        # wait for each other in one direction (the same id with other data can still deadlock;
-        # the chunk is then written again, _purchases_chunk_write_postgresql).
-        for row in sorted(rows, key=_stage_order):
-            write(
-                (
-                    row.external_id,
-                    row.customer_ref,
-                    row.amount,
-                    row.occurred_at,
-                    row.fingerprint,
-                    row.category,
-                )
+        copy.write(data)
+
+
+class _StagedChunk:
+    """A chunk of a history import ready for its writer: its purchases deduplicated (the first row
+    with an id wins, as one chunk after the other), sorted and encoded for the stage; made where the
+    file is read and parsed (_history_stager), so that the writers only send it.
+
+    Pickled (from the reader process, importing_process) the rows are kept as one blob of
+    (external_id, line, fields), unpickled only for a conflict's bad rows."""
+
+    __slots__ = ("data", "refs", "size", "unchanged", "_rows")
+
+    def __init__(self, data: bytes, refs: list[str], size: int, unchanged: int, rows: list | bytes):
+        self.data = data  # the stage's binary COPY data
+        self.refs = refs  # the distinct customer references
+        self.size = size  # distinct purchases
+        self.unchanged = unchanged  # repeats of an earlier row of the chunk, with the same data
+        self._rows = rows  # the distinct purchases: _PurchaseRow, or the blob
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __reduce__(self):
+        rows = self._rows
+        if not isinstance(rows, bytes):
+            rows = pickle.dumps(
+                [(row.external_id, row.line, row.fields) for row in rows], protocol=pickle.HIGHEST_PROTOCOL
             )
+        return (_StagedChunk, (self.data, self.refs, self.size, self.unchanged, rows))
+
+    def conflicts(self, external_ids: list[str]) -> list[BadRow]:
+        """The bad rows of these purchases, recorded before with other data, in file order."""
+        wrong = set(external_ids)
+        rows = self._rows
+        if isinstance(rows, bytes):
+            return [
+                _conflict(line, external_id, fields)
+                for external_id, line, fields in pickle.loads(rows)  # noqa: S301 - our own child's
+                if external_id in wrong
+            ]
+        return [_conflict(row.line, row.external_id, row.fields) for row in rows if row.external_id in wrong]
+
+
+def _history_stager() -> Callable[[list[_PurchaseRow], list[BadRow]], _StagedChunk]:
+    """What makes a _StagedChunk of a chunk's parsed purchases and its bad rows so far (a repeat
+    of an id with other data is added to them)."""
+    transformer = _stage_transformer()
+
+    def stage(rows: list[_PurchaseRow], bad: list[BadRow]) -> _StagedChunk:
+        kept, unchanged = _distinct(rows, bad.append)
+        refs = list({row.customer_ref for row in kept})
+        return _StagedChunk(_stage_data(kept, transformer), refs, len(kept), unchanged, kept)
+
+    return stage
 
 
 # The columns of a customer created by an import, and how each gets its value: a shopper with
@@ -963,11 +1085,11 @@ class _HistoryMemory:
         self.refs: set[str] = set()
         self.all_new = True
 
-    def unknown(self, refs: set[str]) -> list[str]:
+    def unknown(self, refs: Collection[str]) -> list[str]:
         known = self.refs
         return sorted(ref for ref in refs if ref not in known)
 
-    def add(self, refs: set[str]) -> None:
+    def add(self, refs: Collection[str]) -> None:
         if len(self.refs) + len(refs) > self.size:
             self.refs = set()
         self.refs.update(refs)
@@ -980,26 +1102,21 @@ class _CustomersMoved(Exception):
     """A customer a chunk took as known was not found: the chunk is rolled back."""
 
 
-def _purchases_chunk_write_postgresql(
+def _purchases_chunk_award_postgresql(
     rows: list[_PurchaseRow],
     *,
     integration,
-    award_points: bool,
-    memory: _HistoryMemory | None,
     report: ImportReport,
     bad: Callable[[BadRow], None],
 ) -> None:
-    earning: list[_PurchaseRow] = []
-    customers: dict = {}
-    if award_points:
-        try:
-            earning, customers, outcome = _purchases_chunk_history(rows, integration=integration)
-        except (IntegrityError, OperationalError) as exc:
-            _raise_unless_race(exc)
-            # The chunk was rolled back whole; again, taking what the other import left.
-            earning, customers, outcome = _purchases_chunk_history(rows, integration=integration, racing=True)
-    else:
-        outcome = _history_chunk_write(rows, integration_id=integration.pk, memory=memory)
+    """With --award-points: the chunk's purchases (distinct external ids) that earn nothing as
+    history, those that earn through importing_award."""
+    try:
+        earning, customers, outcome = _purchases_chunk_history(rows, integration=integration)
+    except (IntegrityError, OperationalError) as exc:
+        _raise_unless_race(exc)
+        # The chunk was rolled back whole; again, taking what the other import left.
+        earning, customers, outcome = _purchases_chunk_history(rows, integration=integration, racing=True)
     customers_created, created, unchanged, conflicting = outcome
     report.customers_created += customers_created
     report.created += created
@@ -1008,7 +1125,7 @@ def _purchases_chunk_write_postgresql(
         wrong = set(conflicting)
         for row in rows:
             if row.external_id in wrong:
-                bad(_conflict(row))
+                bad(_conflict(row.line, row.external_id, row.fields))
     for start in range(0, len(earning), AWARD_BATCH):
         importing_award.purchases_award(
             earning[start : start + AWARD_BATCH],
@@ -1020,6 +1137,28 @@ def _purchases_chunk_write_postgresql(
         )
 
 
+def _history_staged_write(
+    staged: _StagedChunk,
+    *,
+    integration_id: int,
+    memory: _HistoryMemory | None,
+    report: ImportReport,
+    bad: Callable[[BadRow], None],
+) -> None:
+    """Record a history chunk (PostgreSQL): its missing customers created, its new purchases
+    inserted; a purchase recorded before with other data is a bad row."""
+    report.unchanged += staged.unchanged
+    customers_created, created, unchanged, conflicting = _history_chunk_write(
+        staged, integration_id=integration_id, memory=memory
+    )
+    report.customers_created += customers_created
+    report.created += created
+    report.unchanged += unchanged
+    if conflicting:
+        for row in staged.conflicts(conflicting):
+            bad(row)
+
+
 def _raise_unless_race(exc: Exception) -> None:
     """A unique key taken by another import meanwhile, or a deadlock with one (the same ids in
     another order), is a race: the chunk is written again. Anything else is raised."""
@@ -1027,9 +1166,9 @@ def _raise_unless_race(exc: Exception) -> None:
         raise exc
 
 
-def _history_customers_create(cursor, refs: set[str], *, memory: _HistoryMemory | None) -> int:
-    """Create the customers of these references that are not there (those `memory` knows are
-    there are not looked up). How many were created."""
+def _history_customers_create(cursor, refs: list[str], *, memory: _HistoryMemory | None) -> int:
+    """Create the customers of these (distinct) references that are not there (those `memory`
+    knows are there are not looked up). How many were created."""
     wanted = memory.unknown(refs) if memory is not None else sorted(refs)
     if not wanted:
         return 0
@@ -1038,7 +1177,7 @@ def _history_customers_create(cursor, refs: set[str], *, memory: _HistoryMemory 
     return _customers_insert(cursor, missing, now=timezone.now()) if missing else 0
 
 
-def _history_customers_create_apart(refs: set[str], *, memory: _HistoryMemory | None) -> int:
+def _history_customers_create_apart(refs: list[str], *, memory: _HistoryMemory | None) -> int:
     """_history_customers_create in a transaction of its own: a writer whose chunk meets a customer
     another writer is creating waits for this short transaction, not for the other's whole chunk
     (with two writers, almost every chunk met one)."""
@@ -1048,10 +1187,10 @@ def _history_customers_create_apart(refs: set[str], *, memory: _HistoryMemory | 
 
 
 def _history_chunk_purchases(
-    rows: list[_PurchaseRow],
+    staged: _StagedChunk,
     *,
     integration_id: int,
-    create: tuple[set[str], _HistoryMemory | None] | None,
+    create: tuple[list[str], _HistoryMemory | None] | None,
     new: bool = False,
     racing: bool = False,
     check: bool = False,
@@ -1063,31 +1202,31 @@ def _history_chunk_purchases(
     customers_created = 0
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(_HISTORY_CHUNK_BEGIN_SQL)
-        _stage_copy(cursor, rows)
+        _stage_copy(cursor, staged.data)
         if create is not None:
             customers_created = _history_customers_create(cursor, create[0], memory=create[1])
         outcome = _stage_write_history(
             cursor, integration_id=integration_id, now=timezone.now(), racing=racing, new=new
         )
         created, unchanged, conflicting = outcome
-        if check and created + unchanged + len(conflicting) < len(rows):
+        if check and created + unchanged + len(conflicting) < staged.size:
             raise _CustomersMoved
     return (customers_created, *outcome)
 
 
 def _history_chunk_write(
-    rows: list[_PurchaseRow], *, integration_id: int, memory: _HistoryMemory | None
+    staged: _StagedChunk, *, integration_id: int, memory: _HistoryMemory | None
 ) -> tuple[int, int, int, list[str]]:
     """Create the chunk's unknown customers, then record its purchases as history. With several
     writers the customers are created (and committed) first, apart. (customers created, purchases
     created, unchanged, ids recorded with other data)."""
-    refs = {row.customer_ref for row in rows}
+    refs = staged.refs
     apart = memory is not None and memory.writers > 1
     customers_created = _history_customers_create_apart(refs, memory=memory) if apart else 0
 
     def write(*, lookup: _HistoryMemory | None = None, **kwargs) -> tuple[int, int, int, list[str]]:
         created, *outcome = _history_chunk_purchases(
-            rows, integration_id=integration_id, create=None if apart else (refs, lookup), **kwargs
+            staged, integration_id=integration_id, create=None if apart else (refs, lookup), **kwargs
         )
         return (customers_created + created, *outcome)
 
@@ -1112,7 +1251,7 @@ def _history_chunk_write(
         outcome = write(racing=True)
     if memory is not None:
         memory.add(refs)  # committed: every one is there
-        memory.all_new = outcome[1] == len(rows)
+        memory.all_new = outcome[1] == staged.size
     return outcome
 
 
@@ -1221,16 +1360,29 @@ def _purchases_write_history(
     )
     for row in others:
         if recorded.get(row.external_id) != row.fingerprint:
-            bad(_conflict(row))
+            bad(_conflict(row.line, row.external_id, row.fields))
         else:
             report.unchanged += 1
 
 
-def _conflict(row: _PurchaseRow) -> BadRow:
+def _distinct(rows: list[_PurchaseRow], bad: Callable[[BadRow], None]) -> tuple[list[_PurchaseRow], int]:
+    """The chunk's purchases with distinct external ids, and how many repeated an earlier row of the
+    chunk with the same data. The first row with an id wins; a repeat with other data is bad."""
+    distinct: dict[str, _PurchaseRow] = {}
+    repeated = 0
+    for row in rows:
+        first = distinct.setdefault(row.external_id, row)
+        if first is not row:
+            if first.fingerprint == row.fingerprint:
+                repeated += 1
+            else:
+                bad(_conflict(row.line, row.external_id, row.fields))
+    return list(distinct.values()), repeated
+
+
+def _conflict(line: int, external_id: str, fields: list[str]) -> BadRow:
     return BadRow(
-        row.line,
-        f"purchase {_short(row.external_id)} was already recorded with different data",
-        tuple(row.fields),
+        line, f"purchase {_short(external_id)} was already recorded with different data", tuple(fields)
     )
 
 
@@ -1282,24 +1434,15 @@ def _purchases_chunk_write(
     integration,
     award_points: bool,
     cache: _CustomerCache | None,
-    memory: _HistoryMemory | None = None,
     report: ImportReport,
     bad: Callable[[BadRow], None],
 ) -> None:
-    # The same id twice in a chunk: the first wins, a repeat is unchanged, other data is a conflict.
-    distinct: dict[str, _PurchaseRow] = {}
-    for row in rows:
-        first = distinct.setdefault(row.external_id, row)
-        if first is not row:
-            if first.fingerprint == row.fingerprint:
-                report.unchanged += 1
-            else:
-                bad(_conflict(row))
-    rows = list(distinct.values())
+    rows, repeated = _distinct(rows, bad)
+    report.unchanged += repeated
     if _set_based():
-        _purchases_chunk_write_postgresql(
-            rows, integration=integration, award_points=award_points, memory=memory, report=report, bad=bad
-        )
+        if not award_points:
+            raise ValueError("History chunks are written staged on PostgreSQL (_history_staged_write).")
+        _purchases_chunk_award_postgresql(rows, integration=integration, report=report, bad=bad)
         return
     now = timezone.now()
     with transaction.atomic():
@@ -1329,9 +1472,9 @@ _REPORT_COUNTS = ("created", "updated", "unchanged", "customers_created", "membe
 class _Written:
     """A chunk handed to the writer threads."""
 
+    number: int
     future: concurrent.futures.Future
     read_bad: list[BadRow]  # its rows found bad while reading, reported before those of the writing
-    keys: set
 
 
 class _ChunkWriters:
@@ -1343,9 +1486,9 @@ class _ChunkWriters:
     caller's in file order, in the caller's thread, as the chunks complete: the counts and the bad
     rows reported are those of writing the chunks one after the other. So is what is written: a
     chunk sharing a key (a purchase's external id) with a chunk still being written waits
-    for it, so that the first row with an id wins as it does one chunk after the other. An error
-    in a thread is raised in the caller; leaving the block stops the threads, which close their
-    database connections.
+    for it (`after`: _Overlaps, with a lookback of `pending_most`), so that the first row with an
+    id wins as it does one chunk after the other. An error in a thread is raised in the caller;
+    leaving the block stops the threads, which close their database connections.
     """
 
     def __init__(
@@ -1363,6 +1506,13 @@ class _ChunkWriters:
         self._jobs: queue.Queue = queue.Queue()
         self._pending: collections.deque[_Written] = collections.deque()
         self._threads: list[threading.Thread] = []
+
+    @staticmethod
+    def pending_most(count: int) -> int:
+        """Chunks handed to `count` threads and not yet collected, at most: two per thread, so that
+        memory stays bounded and the counts close behind. A chunk older than that many before the
+        one being handed over has been collected."""
+        return PENDING_PER_WRITER * count if count > 1 else 0
 
     def __enter__(self) -> _ChunkWriters:
         if self.count > 1:
@@ -1406,23 +1556,21 @@ class _ChunkWriters:
         for row in bad_rows:
             self.bad(row)
 
-    def write(self, rows: list, read_bad: list[BadRow], keys: set) -> None:
-        """Write a chunk's good rows; `read_bad`: its bad rows, reported in their place; `keys`:
-        those of its rows."""
+    def write(self, number: int, rows, read_bad: list[BadRow], after: int) -> None:
+        """Write chunk `number`'s good rows, once chunk `after` (and those before it) are written;
+        `read_bad`: its bad rows, reported in their place."""
         if not self._threads:
             for row in read_bad:
                 self.bad(row)
             if rows:
                 self._write(rows, self.report, self.bad)
             return
-        # Two chunks waiting per thread at most: memory stays bounded, the counts close behind.
         while self._pending and (
-            len(self._pending) >= 2 * self.count
-            or any(not keys.isdisjoint(written.keys) for written in self._pending)
+            len(self._pending) >= self.pending_most(self.count) or self._pending[0].number <= after
         ):
             self._collect()
         future: concurrent.futures.Future = concurrent.futures.Future()
-        self._pending.append(_Written(future, read_bad, keys))
+        self._pending.append(_Written(number, future, read_bad))
         if rows:
             self._jobs.put((rows, future))
         else:
@@ -1431,6 +1579,47 @@ class _ChunkWriters:
     def finish(self) -> None:
         while self._pending:
             self._collect()
+
+
+@contextlib.contextmanager
+def _file_chunks(
+    *,
+    path: str | Path,
+    encoding: str,
+    required: tuple[str, ...],
+    optional: tuple[str, ...],
+    max_line_length: int,
+    chunk_size: int,
+    parser: Callable[[dict[str, int]], Callable[[int, list[str]], object]],
+    key: Callable[[object], object] | None,
+    lookback: int,
+    prepare: Callable[[list, list[BadRow]], object] | None,
+    in_child: bool,
+    report: ImportReport,
+) -> Iterator[Iterator[_Chunk]]:
+    """The file's _chunks, read and parsed by a thread of this process, or by a child process
+    (`in_child`: importing_process; the chunks come pickled, `prepare` should make them small).
+    Either way a file that cannot be imported at all raises ImportFileError on entering."""
+    options = {"encoding": encoding, "required": required, "optional": optional}
+    options["max_line_length"] = max_line_length
+    chunking = {"chunk_size": max(1, chunk_size), "key": key, "lookback": lookback, "prepare": prepare}
+    if not in_child:
+        with (
+            _csv_open(path, **options, report=report) as csv_file,
+            _parsed_chunks(csv_file.rows, parser(csv_file.columns), **chunking) as chunks,
+        ):
+            yield chunks
+        return
+
+    def produce() -> Iterator:
+        opened = ImportReport()
+        with _csv_open(path, **options, report=opened) as csv_file:
+            yield opened.ignored_columns
+            yield from _chunks(csv_file.rows, parser(csv_file.columns), **chunking)
+
+    with importing_process.produced_in_child(produce, name="import-reader") as items:
+        report.ignored_columns = next(items)  # the header is good: nothing was written before
+        yield items
 
 
 def _import_run(
@@ -1442,18 +1631,21 @@ def _import_run(
     max_line_length: int,
     chunk_size: int,
     parser: Callable[[dict[str, int]], Callable[[int, list[str]], object]],
-    write: Callable[[list, ImportReport, Callable[[BadRow], None]], None],
+    write: Callable[[object, ImportReport, Callable[[BadRow], None]], None],
     on_bad_row: Callable[[BadRow], None] | None,
     on_progress: Callable[[ImportReport], None] | None,
     progress_every: int,
     writers: int = 1,
     key: Callable[[object], object] | None = None,
+    prepare: Callable[[list, list[BadRow]], object] | None = None,
+    in_child: bool = False,
 ) -> ImportReport:
     """Read, parse (in the background) and write a file a chunk at a time; the report.
 
     `writers` > 1: chunks are written by that many threads, each on a connection of its own
     (_ChunkWriters); `write` must then be safe to run at once for chunks whose rows have no `key`
-    in common.
+    in common. `prepare`: what the reading side makes of a chunk's parsed rows for `write`
+    (_chunks); `in_child`: the reading side is a child process (_file_chunks).
     """
     started = time.monotonic()
     report = ImportReport()
@@ -1463,27 +1655,28 @@ def _import_run(
         if on_bad_row is not None:
             on_bad_row(row)
 
+    # The reader first: a child process is forked before the writer threads exist.
     with (
-        _csv_open(
-            path,
+        _file_chunks(
+            path=path,
             encoding=encoding,
             required=required,
             optional=optional,
             max_line_length=max_line_length,
-            report=report,
-        ) as csv_file,
-        _parsed_chunks(
-            csv_file.rows,
-            parser(csv_file.columns),
-            chunk_size=max(1, chunk_size),
+            chunk_size=chunk_size,
+            parser=parser,
             key=key if writers > 1 else None,
+            lookback=_ChunkWriters.pending_most(writers),
+            prepare=prepare,
+            in_child=in_child,
+            report=report,
         ) as chunks,
         _ChunkWriters(write, count=writers, report=report, bad=bad) as writing,
     ):
         next_progress = progress_every
         for chunk in chunks:
             report.rows += chunk.count
-            writing.write(chunk.rows, chunk.bad, chunk.keys)
+            writing.write(chunk.number, chunk.rows, chunk.bad, chunk.after)
             if on_progress is not None and progress_every and report.rows >= next_progress:
                 report.seconds = time.monotonic() - started
                 on_progress(report)
@@ -1504,6 +1697,7 @@ def purchases_import(
     on_progress: Callable[[ImportReport], None] | None = None,
     progress_every: int = 100_000,
     writers: int = WRITERS,
+    reader_process: bool = True,
 ) -> ImportReport:
     """Import purchase history from a CSV file (columns customer, occurred_at, amount; optional
     external_id, currency, category) under the integration of `services.integration_for_import`.
@@ -1520,25 +1714,32 @@ def purchases_import(
     imported as history keeps earning nothing when imported again with `award_points`.
 
     History only on PostgreSQL, chunks are written by `writers` connections at once, each chunk
-    in a transaction of its own, unless the caller holds a transaction (all is written in it).
+    in a transaction of its own, unless the caller holds a transaction (all is written in it);
+    with several writers the file is read and parsed by a child process (`reader_process`, where
+    processes fork: importing_process), otherwise by a thread.
     """
     integration = services.integration_for_import()
     if award_points or not _set_based() or connection.in_atomic_block:
         writers = 1
-    memory = None if award_points else _HistoryMemory(CUSTOMER_CACHE_SIZE, writers=writers)
-    # Enrolments change while an award run goes: it looks customers up afresh for each chunk.
-    cache = None if award_points else _CustomerCache(CUSTOMER_CACHE_SIZE)
+    prepare = None
+    if _set_based() and not award_points:
+        # History on PostgreSQL: the reading side dedupes, sorts and encodes each chunk's stage.
+        memory = _HistoryMemory(CUSTOMER_CACHE_SIZE, writers=writers)
+        prepare = _history_stager()
 
-    def write(rows: list[_PurchaseRow], report: ImportReport, bad: Callable[[BadRow], None]) -> None:
-        _purchases_chunk_write(
-            rows,
-            integration=integration,
-            award_points=award_points,
-            cache=cache,
-            memory=memory,
-            report=report,
-            bad=bad,
-        )
+        def write(staged: _StagedChunk, report: ImportReport, bad: Callable[[BadRow], None]) -> None:
+            _history_staged_write(
+                staged, integration_id=integration.pk, memory=memory, report=report, bad=bad
+            )
+
+    else:
+        # Enrolments change while an award run goes: it looks customers up afresh for each chunk.
+        cache = None if award_points else _CustomerCache(CUSTOMER_CACHE_SIZE)
+
+        def write(rows: list[_PurchaseRow], report: ImportReport, bad: Callable[[BadRow], None]) -> None:
+            _purchases_chunk_write(
+                rows, integration=integration, award_points=award_points, cache=cache, report=report, bad=bad
+            )
 
     return _import_run(
         path=path,
@@ -1554,6 +1755,8 @@ def purchases_import(
         progress_every=progress_every,
         writers=writers,
         key=_external_id,
+        prepare=prepare,
+        in_child=writers > 1 and reader_process and importing_process.fork_available(),
     )
 
 

@@ -2,6 +2,7 @@
 same purchases, customers, counts and bad rows as writing the chunks one after the other."""
 
 import datetime as dt
+import multiprocessing
 import threading
 import time
 
@@ -174,6 +175,7 @@ def test_an_error_in_a_writer_is_raised_and_the_writers_stop(tmp_path, monkeypat
         run(path, writers=2)
 
     assert not [t for t in threading.enumerate() if t.name.startswith("import-writer")]
+    assert not multiprocessing.active_children()  # the reader process is gone too
     assert Purchase.objects.count() < 400
 
 
