@@ -884,11 +884,16 @@ def _effects(s: Snapshot, method: str, *, pooled: bool | None = None, segment: s
 
 
 def _verdict(e: ProgramEffect) -> str:
-    if e.estimate is None or e.ci_low is None or e.ci_high is None:
+    return _reading(e.estimate, e.ci_low, e.ci_high)
+
+
+def _reading(estimate, low, high) -> str:
+    """An estimate with its 95 % interval in words a marketer understands."""
+    if estimate is None or low is None or high is None:
         return _("not enough data")
-    if e.ci_low > 0:
+    if low > 0:
         return _("more than without the program")
-    if e.ci_high < 0:
+    if high < 0:
         return _("less than without the program")
     return _("not distinguishable from zero")
 
@@ -1071,24 +1076,68 @@ def program_value_table(s: Snapshot, params: QueryDict) -> Table:
     revenue = s.one("incremental_revenue", "window")
     roi = s.one("program_roi", "window")
     roi_extra = roi.extra if roi else {}
+
+    def interval(m: MetricValue | None, scale: float | None = 1.0) -> tuple:
+        """The 95 % interval of a total (the pooled estimate's interval × the member-months), scaled."""
+        if m is None or scale is None or m.extra.get("ci_low") is None or m.extra.get("ci_high") is None:
+            return None, None
+        return m.extra["ci_low"] * scale, m.extra["ci_high"] * scale
+
+    # The totals, the margin and the ROI are the pooled estimate times fixed numbers, so their
+    # intervals are its interval times the same numbers: a point estimate alone would read as
+    # certain when the estimate cannot be told from zero.
+    margin = roi_extra.get("margin")
+    revenue_interval = interval(revenue)
+    margin_interval = interval(revenue, margin)
+    costs = roi_extra.get("program_costs")
+    roi_interval = (None, None)
+    if costs and margin_interval[0] is not None:
+        rewards = roi_extra.get("rewards_cost") or 0
+        roi_interval = tuple((bound - rewards - costs) / costs for bound in margin_interval)
+
+    def with_interval(row: dict, value, low_high: tuple, kind: str) -> dict:
+        low, high = low_high
+        return {
+            **row,
+            "ci_low": low,
+            "ci_high": high,
+            "verdict": _reading(value, low, high) if low is not None else "",
+            "_kinds": {**row["_kinds"], "ci_low": kind, "ci_high": kind},
+        }
+
     rows = [
-        {
-            "figure": _("Incremental purchase days, last 12 months"),
-            "value": _value_of(days),
-            "per_member_month": days.extra.get("per_member_month") if days else None,
-            "_kinds": {"value": "num1", "per_member_month": "num3"},
-        },
-        {
-            "figure": s.money(_("Incremental revenue, last 12 months")),
-            "value": _value_of(revenue),
-            "per_member_month": revenue.extra.get("per_member_month") if revenue else None,
-            "_kinds": {"value": "money", "per_member_month": "money"},
-        },
-        {
-            "figure": s.money(_("Incremental margin")),
-            "value": roi_extra.get("incremental_margin"),
-            "_kinds": {"value": "money"},
-        },
+        with_interval(
+            {
+                "figure": _("Incremental purchase days, last 12 months"),
+                "value": _value_of(days),
+                "per_member_month": days.extra.get("per_member_month") if days else None,
+                "_kinds": {"value": "num1", "per_member_month": "num3"},
+            },
+            _value_of(days),
+            interval(days),
+            "num1",
+        ),
+        with_interval(
+            {
+                "figure": s.money(_("Incremental revenue, last 12 months")),
+                "value": _value_of(revenue),
+                "per_member_month": revenue.extra.get("per_member_month") if revenue else None,
+                "_kinds": {"value": "money", "per_member_month": "money"},
+            },
+            _value_of(revenue),
+            revenue_interval,
+            "money",
+        ),
+        with_interval(
+            {
+                "figure": s.money(_("Incremental margin")),
+                "value": roi_extra.get("incremental_margin"),
+                "_kinds": {"value": "money"},
+            },
+            roi_extra.get("incremental_margin"),
+            margin_interval,
+            "money",
+        ),
         {
             "figure": s.money(_("Cost of rewards redeemed")),
             "value": roi_extra.get("rewards_cost"),
@@ -1102,7 +1151,9 @@ def program_value_table(s: Snapshot, params: QueryDict) -> Table:
         {
             "figure": _("Program ROI: (incremental margin − rewards − program costs) ÷ program costs"),
             "value": _value_of(roi),
-            "_kinds": {"value": "pct"},
+            "ci_low": roi_interval[0],
+            "ci_high": roi_interval[1],
+            "_kinds": {"value": "pct", "ci_low": "pct", "ci_high": "pct"},
         },
     ]
     member_months = (days.extra.get("member_months") if days else None) or 0
@@ -1112,6 +1163,9 @@ def program_value_table(s: Snapshot, params: QueryDict) -> Table:
         [
             Column("figure", _("Figure")),
             Column("value", _("Value"), "num2"),
+            Column("ci_low", _("%(level)s interval: from") % {"level": "95 %"}, "num2"),
+            Column("ci_high", _("to"), "num2"),
+            Column("verdict", _("Reading")),
             Column("per_member_month", _("Per member per month"), "num2"),
         ],
         rows,

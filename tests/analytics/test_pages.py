@@ -202,6 +202,7 @@ def simulated_run():
 
     simulation = shoppers_simulate(customers=900, months=24, seed=11, effect=0.3, end=dt.date(2026, 6, 30))
     simulated_shoppers_write(simulation, pos=IntegrationFactory(name="sim-pos"))
+    MonthlyCost.objects.create(month=D(2026, 3, 1), kind="program", amount=Decimal("2000.00"))
     return services.analytics_refresh(as_of=dt.date(2026, 6, 30), bootstrap=60)
 
 
@@ -223,6 +224,18 @@ def test_effect_page_shows_did_with_intervals_balance_segments_cohorts_and_value
         assert e.cohort.strftime("%Y-%m") in text
     assert "Incremental revenue, last 12 months (DKK)" in text
     assert "Program ROI" in text
+    # The program's value with the 95 % interval of the estimate it rests on, ROI included.
+    revenue = MetricValue.objects.get(run=simulated_run, metric="incremental_revenue")
+    low, high = revenue.extra["ci_low"], revenue.extra["ci_high"]
+    assert f"{revenue.value:,.2f} {low:,.2f} {high:,.2f}" in text
+    rows = csv_rows(staff_client, reverse("analytics-csv", args=["program-value"]))
+    value = {row[1]: dict(zip(rows[0], row, strict=True)) for row in rows[1:]}
+    roi = MetricValue.objects.get(run=simulated_run, metric="program_roi")
+    costs, rewards = roi.extra["program_costs"], roi.extra["rewards_cost"]
+    assert costs == 2000
+    roi_row = next(row for name, row in value.items() if name.startswith("Program ROI"))
+    for bound, key in ((low, "ci_low"), (high, "ci_high")):
+        assert float(roi_row[key]) == pytest.approx((bound * roi.extra["margin"] - rewards - costs) / costs)
     assert text.count("(biased)") >= 2  # the naive table and its diamond in the spend chart
 
 
