@@ -330,13 +330,15 @@ def analytics_update() -> dict:
     p = compute.Parameters.from_settings(as_of=timezone.localdate())
     if latest is not None and before is not None and rolled["customers_touched"]:
         # The customers the rollup update re-aggregated (analytics_touched: purchases or refunds
-        # since the last update, with the same overlap of ids), without reading them again.
+        # since the last update, and those committed late below its watermark), without reading
+        # them again.
         with sql.planner(random_page_cost=sql.CACHED):
             refreshed = scores_refresh(latest, customers_table="analytics_touched", parameters=p)
     answer = {
         "purchase_days": rolled["purchase_days"],
         "customers_touched": rolled["customers_touched"],
         "scores_refreshed": refreshed,
+        "id_ranges_not_seen": rolled.get("id_ranges_not_seen"),
         "seconds": round(time.perf_counter() - started, 3),
     }
     if rolled["customers_touched"] or refreshed:

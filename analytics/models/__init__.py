@@ -2,7 +2,7 @@
 snapshots, staff inputs (costs, settings), and surveys."""
 
 from .inputs import AnalyticsSettings, MonthlyCost
-from .rollup import CustomerDay, CustomerMonth, RollupState
+from .rollup import CustomerDay, CustomerMonth, RollupGap, RollupState
 from .snapshots import AnalyticsRun, CohortCell, CustomerScore, MetricValue, ModelFit, ProgramEffect
 from .surveys import Survey, SurveyResponse
 
@@ -17,6 +17,7 @@ __all__ = [
     "ModelFit",
     "MonthlyCost",
     "ProgramEffect",
+    "RollupGap",
     "RollupState",
     "Survey",
     "SurveyResponse",

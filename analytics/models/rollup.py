@@ -87,3 +87,36 @@ class RollupState(models.Model):
 
     def __str__(self) -> str:
         return f"rollup up to purchase {self.purchase_id}, refund {self.refund_id}"
+
+
+class RollupGap(models.Model):
+    """A range of purchase (or refund) ids at or below the rollup's watermark that were not
+    there when the rollup read past them: taken from the sequence by a transaction that had
+    not committed yet, or by one that rolled back (sequences leave holes). The next update
+    reads these ids again, with the new ones; an id found is folded in and leaves its range.
+    A range is forgotten once no transaction that began before it was noted is still open
+    (it can then never fill), see analytics.rollup. Kept on PostgreSQL only: on SQLite one
+    writer at a time takes ids above every committed one, so nothing below the watermark is
+    ever in flight."""
+
+    class Kind(models.TextChoices):
+        PURCHASE = "purchase", _("purchase")
+        REFUND = "refund", _("refund")
+
+    pk = models.CompositePrimaryKey("kind", "first_id")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    first_id = models.BigIntegerField()
+    last_id = models.BigIntegerField()
+    # When the rollup first read past these ids without finding them (the database's clock,
+    # after the reading statement began): any transaction that holds one began before.
+    noted_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(first_id__lte=models.F("last_id")), name="rollup_gap_range"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} ids {self.first_id}–{self.last_id} not seen (noted {self.noted_at})"

@@ -26,10 +26,8 @@ def test_the_nightly_refresh_and_the_incremental_update_are_on_the_beat_schedule
 
 @pytest.mark.django_db(transaction=True)
 def test_refresh_and_update_run_on_the_worker_and_each_records_its_as_of_date_and_parameters(
-    celery_worker_real, buy, monkeypatch
+    celery_worker_real, buy
 ):
-    # The update re-reads the last 2,000 ids for late commits: every purchase of this small shop.
-    monkeypatch.setattr("analytics.rollup.ID_OVERLAP", 0)
     today = timezone.localdate()
     yesterday = today - dt.timedelta(days=1)
     ann = CustomerFactory(external_ref="ann", enrolled_at=local(today - dt.timedelta(days=90)))

@@ -35,9 +35,7 @@ def scores(run, customer) -> dict:
     return {name: getattr(score, name) for name in FIELDS}
 
 
-def test_update_rescores_only_the_customers_who_bought_or_were_refunded_as_a_full_run_would(buy, monkeypatch):
-    # The update re-reads the last 2,000 ids for late commits: every purchase of this small shop.
-    monkeypatch.setattr("analytics.rollup.ID_OVERLAP", 0)
+def test_update_rescores_only_the_customers_who_bought_or_were_refunded_as_a_full_run_would(buy):
     today = timezone.localdate()
     days_ago = [today - dt.timedelta(days=n) for n in (70, 40, 20)]
     ann = CustomerFactory(external_ref="ann", enrolled_at=local(days_ago[0]) - dt.timedelta(hours=1))
