@@ -3,7 +3,10 @@
 Each function returns plain rows (dicts); compute.py turns them into MetricValue /
 CohortCell rows. Every ratio is None when its denominator is empty, never 0.
 
-Member segments ("members", "non_members") use membership at the as-of date.
+Member segments ("members", "non_members") use membership at the as-of date, not at each
+period: a series then compares the same two groups of people throughout, instead of moving
+each member from one group to the other at enrollment (what joining changes is the
+difference-in-differences' question, effect.py).
 "Purchases" in AOV are purchase days, as everywhere in METRICS.md (several receipts of
 one visit are one purchase); the receipt count is kept beside it in `extra`.
 """
