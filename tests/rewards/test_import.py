@@ -301,6 +301,56 @@ def test_local_times_become_utc_as_through_the_zone(zone):
             assert offsets.to_utc(edge) == expected
 
 
+@pytest.mark.parametrize(
+    "zone", ["Europe/Copenhagen", "America/New_York", "Asia/Kolkata", "Pacific/Apia", "Australia/Lord_Howe"]
+)
+def test_purchase_moments_are_those_of_the_zone_and_their_iso_text(zone):
+    # The shortcut for dates and for times to the second on days of a whole-hour offset gives what
+    # converting through the zone gives, the same errors included; Kolkata is half an hour off.
+    tz = ZoneInfo(zone)
+    latest = dt.datetime(2012, 6, 1, tzinfo=dt.UTC)
+    moments = importing._PurchaseMoments(tz, latest=latest)
+
+    def through_the_zone(text: str):
+        try:
+            moment = importing._moment_parse(text, what="occurred_at", tz=tz, latest=latest)
+        except importing._BadValue as exc:
+            return str(exc)
+        return moment, moment.isoformat()
+
+    def shortcut(text: str):
+        try:
+            return moments(text)
+        except importing._BadValue as exc:
+            return str(exc)
+
+    texts = []
+    local = dt.datetime(2010, 1, 1)
+    while local < dt.datetime(2013, 1, 1):  # every hour of the day, over the weeks
+        for minute, second in ((0, 0), (29, 59), (30, 0), (59, 1)):
+            moment = local.replace(minute=minute, second=second)
+            texts += [moment.isoformat(), moment.isoformat(sep=" ")]
+        texts += [local.date().isoformat(), local.isoformat(timespec="minutes")]
+        local += dt.timedelta(hours=7)
+    texts += [
+        "2011-03-27T02:61:00",
+        "2011-03-27T02:30:60",
+        "2011-03-27T24:00:00",
+        " 2011-03-27T02:30",
+        "2011-03-27 02:30:0 ",
+        "2011-3-27T02:30:00Z",
+        "2011-03-27T02:30:00Z",
+        "2011-03-27X02:30:00",
+        "2011-03-27T2:30:000",
+        "1999-12-31T23:59:59",
+        "1999-12-31",
+        "2012-06-02",
+        "٢٠١١-03-27T02:30:00",
+    ]
+    for text in texts * 2:  # the second time from what was remembered
+        assert shortcut(text) == through_the_zone(text), text
+
+
 # --- Files that are not what they should be ---------------------------------------------
 
 
