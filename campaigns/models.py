@@ -63,6 +63,10 @@ class SegmentCondition(models.Model):
         RFM = "rfm", _("RFM score (analytics)")
         CLV = "clv", _("predicted CLV (analytics)")
         P_ALIVE = "p_alive", _("P(alive) (analytics)")
+        CHURN_RISK = "churn_risk", _("churn risk is one of (low, medium, high, churned) (analytics)")
+        EXPECTED_30 = "expected_30", _("expected purchase days, next 30 days (analytics)")
+        EXPECTED_90 = "expected_90", _("expected purchase days, next 90 days (analytics)")
+        EXPECTED_365 = "expected_365", _("expected purchase days, next 365 days (analytics)")
 
     class Operator(models.TextChoices):
         GTE = "gte", "≥"

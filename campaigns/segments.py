@@ -13,6 +13,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from accounts.models import Customer
+from analytics.models import CustomerScore
 from rewards.models import PointsAccount, Purchase, PurchaseLine, Redemption, Tier
 
 from .models import SegmentCondition
@@ -36,8 +37,26 @@ SPEC = {
     Field.RFM: {"ops": {Op.GTE, Op.LTE}, "value": "decimal"},
     Field.CLV: {"ops": {Op.GTE, Op.LTE}, "value": "decimal"},
     Field.P_ALIVE: {"ops": {Op.GTE, Op.LTE}, "value": "decimal"},
+    Field.CHURN_RISK: {"ops": {Op.IS}, "value": "risks"},
+    Field.EXPECTED_30: {"ops": {Op.GTE, Op.LTE}, "value": "decimal"},
+    Field.EXPECTED_90: {"ops": {Op.GTE, Op.LTE}, "value": "decimal"},
+    Field.EXPECTED_365: {"ops": {Op.GTE, Op.LTE}, "value": "decimal"},
 }
-ANALYTICS_FIELDS = {Field.RFM: "rfm_score", Field.CLV: "predicted_clv", Field.P_ALIVE: "p_alive"}
+# Conditions on analytics' latest per-customer scores (analytics.models.CustomerScore), by column.
+# Expected purchases are expected purchase days (METRICS.md: several receipts of one visit are
+# one purchase), as the analytics pages show them.
+ANALYTICS_FIELDS = {
+    Field.RFM: "rfm_score",
+    Field.CLV: "predicted_clv",
+    Field.P_ALIVE: "p_alive",
+    Field.CHURN_RISK: "churn_risk",
+    Field.EXPECTED_30: "expected_30",
+    Field.EXPECTED_90: "expected_90",
+    Field.EXPECTED_365: "expected_365",
+}
+# The churn-risk labels analytics stores, typed as codes whatever the staff member's language,
+# as tier and language codes are.
+RISKS = tuple(CustomerScore.Risk.values)
 
 
 class ConditionError(ValueError):
@@ -93,6 +112,12 @@ def condition_check(c: Condition) -> None:
         codes = dict(settings.LANGUAGES)
         if not all(v in codes for v in _list(c.value)):
             raise ConditionError(_("Languages are codes: %(codes)s.") % {"codes": ", ".join(codes)})
+    elif kind == "risks":
+        if not all(v in RISKS for v in _list(c.value)):
+            # Each code with its name in the staff member's language, as the analytics pages show it.
+            names = {code: str(name) for code, name in CustomerScore.Risk.choices}
+            codes = ", ".join(code if names[code] == code else f"{code} ({names[code]})" for code in RISKS)
+            raise ConditionError(_("Churn-risk labels are codes: %(codes)s.") % {"codes": codes})
     elif kind == "list" and c.field == Field.TIER:
         known = set(Tier.objects.values_list("code", flat=True))
         unknown = [v for v in _list(c.value) if v not in known]
@@ -158,12 +183,14 @@ def condition_q(c: Condition, *, now: dt.datetime) -> Q:  # noqa: C901 - one bra
     elif field == Field.CONSENT:
         q = Q(marketing_consent=True)
     else:
-        q = _analytics_q(field, c.operator, Decimal(value))
+        q = _analytics_q(field, c.operator, value)
     return ~q if c.negate else q
 
 
-def _analytics_q(field: str, operator: str, threshold: Decimal) -> Q:
-    """Conditions on what analytics predicted per customer (its latest scores)."""
+def _analytics_q(field: str, operator: str, value: str) -> Q:
+    """Conditions on what analytics predicted per customer (its latest scores). A customer
+    without a prediction (no model fitted, or no score yet) matches no threshold, and so
+    matches its NOT."""
     try:
         from analytics.selectors import customer_scores_latest
     except ImportError as exc:
@@ -172,7 +199,10 @@ def _analytics_q(field: str, operator: str, threshold: Decimal) -> Q:
     if scores is None:
         raise ConditionError(_("Analytics has not computed customer scores yet."))
     column = ANALYTICS_FIELDS[field]
-    lookup = f"{column}__gte" if operator == Op.GTE else f"{column}__lte"
+    if operator == Op.IS:
+        lookup, threshold = f"{column}__in", _list(value)
+    else:
+        lookup, threshold = f"{column}__{operator}", Decimal(value)
     return Q(pk__in=scores.filter(**{lookup: threshold}).values("customer_id"))
 
 

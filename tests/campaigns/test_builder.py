@@ -310,3 +310,47 @@ def test_builder_pages_have_no_inline_script_or_style(marketing, program):
         html = marketing.get(step_url(campaign, step)).content.decode()
         assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html), step
         assert not re.search(r"\sstyle=|<style|\son[a-z]+=", html), step
+
+
+def test_the_audience_targets_churn_risk_and_expected_purchases_once_analytics_scored(marketing, program):
+    from django.utils import timezone
+
+    from analytics.models import AnalyticsRun, CustomerScore
+    from campaigns.segments import segment_customers
+
+    at_risk = [{"group": "1", "field": "churn_risk", "operator": "is", "value": "high,churned"}]
+    buyers = [{"group": "1", "field": "expected_90", "operator": "gte", "value": "2.5"}]
+    before = marketing.post(reverse(START), audience(at_risk))
+    assert "Analytics has not computed customer scores yet." in before.content.decode()
+    assert not Campaign.objects.exists()
+
+    run = AnalyticsRun.objects.create(as_of=timezone.localdate(), status="done")
+    for ref, risk, e90 in (("ann", "churned", 0.1), ("bo", "low", 3.0)):
+        CustomerScore.objects.create(
+            run=run,
+            customer=CustomerFactory(external_ref=ref),
+            first_day=run.as_of,
+            last_day=run.as_of,
+            purchase_days=2,
+            frequency=1,
+            recency=1,
+            age=9,
+            net_revenue=1,
+            historical_clv=1,
+            rfm_r=1,
+            rfm_f=1,
+            rfm_m=1,
+            rfm_score=3,
+            churn_risk=risk,
+            expected_90=e90,
+        )
+    wrong = marketing.post(reverse(START), audience([{**at_risk[0], "value": "lost"}]))
+    row = re.search(r'<tr class="row-errors">(.*?)</tr>', wrong.content.decode(), re.S)
+    assert row and "low, medium, high, churned" in row.group(1)
+    done = marketing.post(reverse(START), audience(at_risk))
+    campaign = Campaign.objects.get()
+    assert done.status_code == 302
+    assert list(campaign.segment.conditions.values_list("field", "value")) == [("churn_risk", "high,churned")]
+    assert [c.external_ref for c in segment_customers(campaign.segment)] == ["ann"]
+    preview = marketing.post(reverse("admin:campaigns_segment_preview"), audience(buyers))
+    assert preview.json()["count"] == 1 and preview.json()["sample"][0]["ref"] == "bo"

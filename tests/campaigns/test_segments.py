@@ -169,3 +169,136 @@ def test_preview_counts_and_samples(people):
     preview = segment_preview([Condition("member")])
     assert preview["count"] == 2
     assert {s["ref"] for s in preview["sample"]} == {"ann", "bo"}
+
+
+def _score(run, ref: str, *, risk: str = "low", e30=None, e90=None, e365=None):
+    from analytics.models import CustomerScore
+
+    today = timezone.localdate()
+    CustomerScore.objects.create(
+        run=run,
+        customer=Customer.objects.get(external_ref=ref),
+        first_day=today,
+        last_day=today,
+        purchase_days=1,
+        frequency=0,
+        recency=0,
+        age=1,
+        net_revenue=Decimal("1"),
+        historical_clv=Decimal("1"),
+        rfm_r=1,
+        rfm_f=1,
+        rfm_m=1,
+        rfm_score=3,
+        churn_risk=risk,
+        expected_30=e30,
+        expected_90=e90,
+        expected_365=e365,
+    )
+
+
+def test_churn_risk_and_expected_purchases_target_the_latest_full_run(people):
+    from analytics.models import AnalyticsRun
+
+    old = AnalyticsRun.objects.create(as_of=timezone.localdate(), status="done")
+    _score(old, "ann", risk="churned", e30=0.0, e90=0.1, e365=0.2)
+    latest = AnalyticsRun.objects.create(as_of=timezone.localdate(), status="done")
+    _score(latest, "ann", risk="low", e30=1.5, e90=4.2, e365=16.0)
+    _score(latest, "bo", risk="high", e30=0.1, e90=0.4, e365=1.1)
+    _score(latest, "cy", risk="churned")  # one-time buyer, no model: no expected purchases
+
+    assert matching(Condition("churn_risk", value="high,churned")) == {"bo", "cy"}
+    assert matching(Condition("churn_risk", value=" low ")) == {"ann"}
+    assert matching(Condition("churn_risk", value="high,churned", negate=True)) == {"ann"}
+    assert matching(Condition("expected_30", "gte", "1")) == {"ann"}
+    assert matching(Condition("expected_90", "lte", "0.4")) == {"bo"}  # no prediction: not matched
+    assert matching(Condition("expected_365", "gte", "1.1")) == {"ann", "bo"}
+    assert matching(Condition("expected_365", "gte", "1.2")) == {"ann"}
+    # With the other conditions: members at risk, and the predicted heavy buyers who are not.
+    assert matching(Condition("member"), Condition("churn_risk", value="high,churned")) == {"bo"}
+    assert (
+        matching(Condition("expected_90", "gte", "2"), Condition("churn_risk", value="low", negate=True))
+        == set()
+    )
+
+
+@pytest.mark.parametrize(
+    ("condition", "message"),
+    [
+        (Condition("churn_risk", value="lost"), "low, medium, high, churned"),
+        (Condition("churn_risk", value=""), "value"),
+        (Condition("churn_risk", "gte", "high"), "takes"),
+        (Condition("expected_30", "is", "1"), "takes"),
+        (Condition("expected_90", "gte", "many"), "number"),
+        (Condition("expected_365", "lte", ""), "value"),
+    ],
+)
+def test_churn_risk_and_expected_purchases_say_what_is_missing(people, condition, message):
+    with pytest.raises(ConditionError, match=message):
+        matching(condition)
+
+
+def test_churn_risk_and_expected_purchases_need_analytics_scores(people):
+    for condition in (Condition("churn_risk", value="churned"), Condition("expected_30", "gte", "1")):
+        with pytest.raises(ConditionError, match="Analytics"):
+            matching(condition)
+
+
+def test_churn_risk_from_a_real_analytics_run(people):
+    from analytics.models import CustomerScore
+    from analytics.services import analytics_refresh
+
+    run = analytics_refresh(as_of=timezone.localdate())
+    risks = dict(CustomerScore.objects.filter(run=run).values_list("customer__external_ref", "churn_risk"))
+    # One-time buyers by the 90-day rule: Bo last bought 90 days ago, Cy today. Ann's label
+    # comes from whatever model three shoppers allow.
+    assert risks["bo"] == "high" and risks["cy"] == "low"
+    for labels in (["high"], ["low"], ["medium", "high", "churned"], [risks["ann"]]):
+        expected = {ref for ref, risk in risks.items() if risk in labels}
+        assert matching(Condition("churn_risk", value=",".join(labels))) == expected, labels
+
+
+@pytest.mark.django_db
+def test_expected_purchases_from_a_real_analytics_run():
+    """Simulated shoppers, enough for the models to be fitted: the condition selects exactly
+    the customers whose stored expectation passes the threshold."""
+    from analytics.models import CustomerScore, ModelFit
+    from analytics.services import analytics_refresh
+    from rewards.demo import shoppers_simulate, simulated_shoppers_write
+    from tests.factories import IntegrationFactory
+
+    as_of = dt.date(2026, 6, 30)
+    simulated_shoppers_write(
+        shoppers_simulate(customers=300, months=18, seed=11, effect=0.2, end=as_of),
+        pos=IntegrationFactory(name="sim-pos"),
+    )
+    run = analytics_refresh(as_of=as_of)
+    assert ModelFit.objects.get(run=run, model="bgnbd").converged
+    scores = CustomerScore.objects.filter(run=run)
+    for field, threshold in (("expected_30", 0.5), ("expected_90", 1.5), ("expected_365", 6)):
+        above = set(scores.filter(**{f"{field}__gte": threshold}).values_list("customer_id", flat=True))
+        below = set(scores.filter(**{f"{field}__lte": threshold}).values_list("customer_id", flat=True))
+        assert above and below, field  # the threshold splits the shoppers
+        found = Customer.objects.filter(segment_q([Condition(field, "gte", str(threshold))]))
+        assert set(found.values_list("pk", flat=True)) == above, field
+        found = Customer.objects.filter(segment_q([Condition(field, "lte", str(threshold))]))
+        assert set(found.values_list("pk", flat=True)) == below, field
+
+
+@pytest.mark.parametrize("code", ["en", "da", "sv", "ru", "th"])
+def test_the_segment_editor_offers_churn_risk_and_expected_purchases_in_each_language(admin_client, code):
+    from django.urls import reverse
+    from django.utils import translation
+
+    from campaigns.models import SegmentCondition
+
+    page = admin_client.get(reverse("admin:campaigns_segment_add"), HTTP_ACCEPT_LANGUAGE=code)
+    html = page.content.decode()
+    fields = SegmentCondition.Field
+    for field in (fields.CHURN_RISK, fields.EXPECTED_30, fields.EXPECTED_90, fields.EXPECTED_365):
+        with translation.override(code):
+            label = str(field.label)
+        if code != "en":
+            with translation.override("en"):
+                assert label != str(field.label), (code, field)
+        assert f'<option value="{field.value}">{label}</option>' in html.replace("&#x27;", "'"), (code, field)
