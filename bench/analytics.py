@@ -36,6 +36,11 @@ What a run does:
    - `update`: one day of new purchases (and a few refunds of older ones) is inserted,
      then the incremental update (`analytics.tasks.update`) runs. The day's rows are
      deleted afterwards so the database stays as seeded.
+   - `holes` (after `update`): a second day of new purchases of which every other one is
+     gone before the update reads them (deleted, as a rolled-back transaction leaves its
+     ids), then two updates: the first notes the holes as ranges of ids not seen, the
+     second reads them all again (finding nothing) and forgets them. The worst case of
+     the ranges the update keeps: one per purchase.
 3. prints every figure as JSON (stdout); progress goes to stderr.
 """
 
@@ -666,9 +671,9 @@ def child_main(mode: str, as_of: dt.date, out: str) -> None:
 # --- One day of new purchases for the incremental update --------------------------------------
 
 
-def new_day_insert(args, day: dt.date) -> dict:
-    """The purchases of the day after the as-of date, at the recent daily rate, for random
-    existing customers; and refunds of 1 % as many older purchases."""
+def new_day_insert(args, day: dt.date, *, prefix: str = "new-", refunds: bool = True) -> dict:
+    """The purchases of `day`, at the recent daily rate, for random existing customers
+    (external ids `prefix` + a number); and refunds of 1 % as many older purchases."""
     with connect(args) as conn:
         recent = conn.execute(
             "SELECT COUNT(*) / 28 FROM rewards_purchase WHERE occurred_at >= %s",
@@ -679,15 +684,17 @@ def new_day_insert(args, day: dt.date) -> dict:
             f"""INSERT INTO rewards_purchase (integration_id, external_id, customer_id, amount, currency,
                     occurred_at, refunded_amount, points_earned, points_clawed_back, was_member, request_hash,
                     balance_after, explanation, created_at)
-                SELECT 1, 'new-' || g, c.id, ROUND((20 + random() * 150)::numeric, 2), 'DKK',
+                SELECT 1, %s || g, c.id, ROUND((20 + random() * 150)::numeric, 2), 'DKK',
                        ((DATE '{day.isoformat()}')::timestamp
                             + make_interval(secs => 28800 + floor(random() * 43200)))
                            AT TIME ZONE '{TZ}',
                        0, 0, 0, c.enrolled_at IS NOT NULL, '', NULL, '[]', now()
                 FROM generate_series(1, %s) g
                 JOIN accounts_customer c ON c.id = 1 + (g * 7919 + 13) %% %s""",
-            [int(recent), customers],
+            [prefix, int(recent), customers],
         ).rowcount
+        if not refunds:
+            return {"new_purchases": purchases}
         refunds = conn.execute(
             """WITH picked AS (
                    SELECT id, amount FROM rewards_purchase
@@ -721,6 +728,15 @@ def monthly_rollup_check(args) -> int:
             f"SELECT (SELECT COUNT(*) FROM ({fresh} EXCEPT {kept}) a)"
             f" + (SELECT COUNT(*) FROM ({kept} EXCEPT {fresh}) b)"
         ).fetchone()[0]
+
+
+def holes_make(args, prefix: str) -> int:
+    """Every other purchase whose external id starts with `prefix` gone: ids below others
+    that the update will not find (as a rolled-back transaction leaves them)."""
+    with connect(args) as conn:
+        return conn.execute(
+            "DELETE FROM rewards_purchase WHERE external_id LIKE %s AND id %% 2 = 0", [f"{prefix}%"]
+        ).rowcount
 
 
 def new_day_delete(args) -> None:
@@ -919,7 +935,7 @@ def main() -> int:
     parser.add_argument(
         "--skip",
         default="",
-        help="comma-separated measurements to skip: rebuild,refresh,fits,headline,pandas,update",
+        help="comma-separated measurements to skip: rebuild,refresh,fits,headline,pandas,update,holes",
     )
     parser.add_argument("--out", help="also write the JSON here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -1009,6 +1025,19 @@ def main() -> int:
             result["update"] = {**inserted, **child_run(args, "update", as_of)}
             log(f"  {result['update']['answer']['seconds']} s for {inserted}")
             result["update"]["monthly_rollup_rows_differing_from_days"] = monthly_rollup_check(args)
+            if "holes" not in skip:
+                log("a second day with every other purchase gone: the update notes, then re-reads the holes")
+                inserted = new_day_insert(args, as_of + dt.timedelta(days=2), prefix="new-2-", refunds=False)
+                inserted["holes"] = holes_make(args, "new-2-")
+                vacuum(args, ["rewards_purchase"])
+                noted = child_run(args, "update", as_of)
+                reread = child_run(args, "update", as_of)
+                result["holes"] = {**inserted, "noting": noted, "rereading": reread}
+                first, second = noted["answer"], reread["answer"]
+                log(
+                    f"  {first['seconds']} s noting {first['id_ranges_not_seen']} ranges, "
+                    f"{second['seconds']} s reading them again ({second['id_ranges_not_seen']} kept)"
+                )
         finally:
             new_day_delete(args)
             # The update folded the day (and its refunds of older purchases) into the rollup;
