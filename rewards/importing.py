@@ -1574,6 +1574,7 @@ def _purchases_chunk_write(
     _purchases_award(earning, integration=integration, report=report, bad=bad)
 
 
+_bad_row_line = operator.attrgetter("line")
 _REPORT_COUNTS = ("created", "updated", "unchanged", "customers_created", "members_created", "points_awarded")
 
 
@@ -1660,19 +1661,22 @@ class _ChunkWriters:
         report, bad_rows = written.future.result()
         for name in _REPORT_COUNTS:
             setattr(self.report, name, getattr(self.report, name) + getattr(report, name))
-        for row in written.read_bad:
-            self.bad(row)
-        for row in bad_rows:
+        self._report_bad(written.read_bad, bad_rows)
+
+    def _report_bad(self, read_bad: list[BadRow], written_bad: list[BadRow]) -> None:
+        """A chunk's bad rows in file order: those found reading and those found staging or writing
+        (a purchase recorded before with other data) interleave."""
+        for row in sorted(read_bad + written_bad, key=_bad_row_line):
             self.bad(row)
 
     def write(self, number: int, rows, read_bad: list[BadRow], after: int) -> None:
         """Write chunk `number`'s good rows, once chunk `after` (and those before it) are written;
         `read_bad`: its bad rows, reported in their place."""
         if not self._threads:
-            for row in read_bad:
-                self.bad(row)
+            written_bad: list[BadRow] = []
             if rows:
-                self._write(rows, self.report, self.bad)
+                self._write(rows, self.report, written_bad.append)
+            self._report_bad(read_bad, written_bad)
             return
         while self._pending and (
             len(self._pending) >= self.pending_most(self.count) or self._pending[0].number <= after

@@ -20,9 +20,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def run(path, *, writers: int = 2, reader_process: bool = True, bad: list | None = None, **kwargs):
+    kwargs.setdefault("chunk_size", 15)
     return importing.purchases_import(
         path=path,
-        chunk_size=15,
         writers=writers,
         reader_process=reader_process,
         on_bad_row=(bad if bad is not None else []).append,
@@ -200,3 +200,28 @@ def test_a_writer_s_error_stops_the_child_too(tmp_path, monkeypatch):
         run(path)
 
     assert leftovers() == [] and not Purchase.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"writers": 2}, {"writers": 2, "reader_process": False}, {"writers": 1, "reader_process": False}],
+    ids=["child", "thread", "one writer"],
+)
+def test_bad_rows_of_every_kind_in_one_chunk_are_reported_in_file_order(tmp_path, options):
+    before = tmp_path / "before.csv"
+    before.write_text(HEADER + f"A,{day(3)},7,p0,,\n")
+    run(before, **options)
+    path = tmp_path / "p.csv"
+    path.write_text(
+        HEADER
+        + f"A,{day(1)},10,p1,,\n"
+        + f"A,{day(1)},11,p1,,\n"  # p1 again with other data: found staging the chunk
+        + f"A,{day(1)},ten,p2,,\n"  # found reading
+        + f"A,{day(1)},8,p0,,\n"  # recorded with other data: found writing
+        + f"A,{day(1)},\x00,p3,,\n"  # found reading
+    )
+    bad: list = []
+
+    run(path, bad=bad, chunk_size=100, **options)
+
+    assert [row.line for row in bad] == [3, 4, 5, 6]
