@@ -292,7 +292,9 @@ def test_the_segment_editor_offers_churn_risk_and_expected_purchases_in_each_lan
 
     from campaigns.models import SegmentCondition
 
-    page = admin_client.get(reverse("admin:campaigns_segment_add"), HTTP_ACCEPT_LANGUAGE=code)
+    # The request activates its language in this thread; the block puts back what was active.
+    with translation.override(None):
+        page = admin_client.get(reverse("admin:campaigns_segment_add"), HTTP_ACCEPT_LANGUAGE=code)
     html = page.content.decode()
     fields = SegmentCondition.Field
     for field in (fields.CHURN_RISK, fields.EXPECTED_30, fields.EXPECTED_90, fields.EXPECTED_365):
