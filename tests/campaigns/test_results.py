@@ -4,7 +4,7 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
-from django.utils import timezone
+from django.utils import timezone, translation
 
 from accounts.models import Customer
 from analytics.stats import difference_of_means, difference_of_proportions
@@ -27,9 +27,12 @@ def test_welch_interval_and_words():
     lift = difference_of_means([10.0, 12.0, 14.0, 16.0], [8.0, 9.0, 10.0, 11.0])
     assert lift.estimate == pytest.approx(3.5)
     assert lift.low < 3.5 < lift.high
-    assert lift.words("DKK per recipient") == (
-        f"+3.5 DKK per recipient, 95 % interval {lift.low:+.1f} to {lift.high:+.1f}"
-    )
+    # In English whatever language an earlier test's request left active in this thread (the
+    # tests without a database run after those with one: tests/site/test_i18n.py leaves Russian).
+    with translation.override("en"):
+        assert lift.words("DKK per recipient") == (
+            f"+3.5 DKK per recipient, 95 % interval {lift.low:+.1f} to {lift.high:+.1f}"
+        )
     assert difference_of_means([1.0], [2.0, 3.0]) is None
 
 
