@@ -232,3 +232,13 @@ def _forget_cached_rows():
     yield
     _program_cache_clear()
     _token_cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _default_language_after_each_test():
+    """A test that activates a language (a page in Russian, a mail in Danish) leaves it active in
+    its thread; the next test starts in the site's default language, whatever ran before it."""
+    yield
+    from django.utils import translation
+
+    translation.deactivate()
