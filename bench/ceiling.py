@@ -3,11 +3,13 @@
 purchase, with no HTTP, no Django and no Python beyond a minimal psycopg loop.
 
 Each client process holds one connection and, per purchase, runs the very statements of the
-service (rewards/services.py: the locking read of the member with the promotions in force, then
-the one data-modifying statement that writes the purchase, its line, the earn entry, its lot and
-the balance) in a transaction of its own with a durable commit, as prepared statements (planned
-once per connection). The points and explanation are fixed (1 point per unit, one line), so
-the figure is what the database alone can do: the API cannot be faster than this.
+service for a known member (rewards/services.py `_purchase_record_unlocked`: the read of the
+member, their account's row version, the promotions in force and the qualifying spend, then the
+one data-modifying statement that writes the balance, the purchase, its line, the earn entry and
+its lot if the account row is still that version), each its own transaction with a durable
+commit, as prepared statements (planned once per connection). The points and explanation are
+fixed (1 point per unit, one line), so the figure is what the database alone can do: the API
+cannot be faster than this.
 
     .venv/bin/python bench/ceiling.py                      # after bench/run.py seeded loyalty_bench
     .venv/bin/python bench/ceiling.py --clients 2,4,8 --duration 15
@@ -56,17 +58,17 @@ def parse_args() -> argparse.Namespace:
 def _statements() -> tuple[str, str]:
     from rewards import services
 
-    return services._MEMBER_LOCK_BY_REF_SQL, services._PURCHASE_WRITE_SQL
+    return services._PURCHASE_READ_SQL, services._MEMBER_PURCHASE_WRITE_SQL
 
 
 def _client(
-    dsn, prepare, lock_sql, write_sql, integration_id, refs, seconds, start_at, out, release, index
+    dsn, prepare, read_sql, write_sql, integration_id, refs, seconds, start_at, out, release, index
 ) -> None:
     import psycopg
 
     rng = random.Random(index)
     # Prepared on first use, or never (server-side binding without prepare: planned each time).
-    conn = psycopg.connect(dsn, prepare_threshold=0 if prepare else None)
+    conn = psycopg.connect(dsn, prepare_threshold=0 if prepare else None, autocommit=True)
     done = 0
     while time.time() < start_at:
         time.sleep(0.001)
@@ -75,41 +77,50 @@ def _client(
     while time.time() < stop:
         ref = rng.choice(refs)
         now = dt.datetime.now(dt.UTC)
-        with conn.transaction():
-            row = conn.execute(lock_sql, {"ref": ref, "at": now}).fetchone()
-            customer_id, balance = row[0], row[-3]
-            amount = Decimal(rng.randint(100, 9000)) / 100
-            points = int(amount)
-            conn.execute(
-                write_sql,
-                {
-                    "integration": integration_id,
-                    "external_id": f"ceil-{index}-{os.getpid()}-{time.time_ns()}",
-                    "customer": customer_id,
-                    "amount": amount,
-                    "currency": "DKK",
-                    "occurred_at": now,
-                    "points": points,
-                    "was_member": True,
-                    "hash": "0" * 64,
-                    "balance_after": balance + points,
-                    "explanation": explanation,
-                    "now": now,
-                    "skus": ["SKU-1"],
-                    "categories": ["coffee"],
-                    "quantities": [Decimal(1)],
-                    "amounts": [amount],
-                    "kind": "earn",
-                    "earned_at": now,
-                    "entry_explanation": explanation,
-                    "credit": points > 0,
-                    "lot_points": points,
-                    "expires_at": now + dt.timedelta(days=365),
-                    "spend": True,
-                    "spend_from": now - dt.timedelta(days=365),
-                    "as_of": now,
-                },
-            ).fetchone()
+        external_id = f"ceil-{index}-{os.getpid()}-{time.time_ns()}"
+        row = conn.execute(
+            read_sql,
+            {
+                "ref": ref,
+                "at": now,
+                "spend_from": now - dt.timedelta(days=365),
+                "as_of": now,
+                "integration": integration_id,
+                "external_id": external_id,
+            },
+        ).fetchone()
+        # The customer's columns, then account id, balance, tier, row version, promotions, spend, recorded.
+        customer_id, balance, version = row[0], row[-6], row[-4]
+        amount = Decimal(rng.randint(100, 9000)) / 100
+        points = int(amount)
+        conn.execute(
+            write_sql,
+            {
+                "integration": integration_id,
+                "external_id": external_id,
+                "customer": customer_id,
+                "amount": amount,
+                "currency": "DKK",
+                "occurred_at": now,
+                "points": points,
+                "was_member": True,
+                "hash": "0" * 64,
+                "balance_after": balance + points,
+                "explanation": explanation,
+                "now": now,
+                "lines": json.dumps(
+                    [{"sku": "SKU-1", "category": "coffee", "quantity": "1", "amount": str(amount)}]
+                ),
+                "kind": "earn",
+                "earned_at": now,
+                "entry_explanation": explanation,
+                "credit": points > 0,
+                "lot_points": points,
+                "expires_at": now + dt.timedelta(days=365),
+                "tier_up": None,
+                "version": version,
+            },
+        ).fetchone()
         done += 1
     out.put(done)
     release.wait()  # the connection stays open until its backend's CPU time has been read
@@ -125,7 +136,7 @@ def main() -> None:
     import psycopg
 
     dsn = f"{args.pg_url.rstrip('/')}/{args.db_name}"
-    lock_sql, write_sql = _statements()
+    read_sql, write_sql = _statements()
     with psycopg.connect(dsn) as conn:
         integration_id = conn.execute("SELECT id FROM rewards_integration ORDER BY id LIMIT 1").fetchone()[0]
         refs = [
@@ -145,7 +156,7 @@ def main() -> None:
                 args=(
                     dsn,
                     not args.unprepared,
-                    lock_sql,
+                    read_sql,
                     write_sql,
                     integration_id,
                     refs,

@@ -64,12 +64,12 @@ def main(argv=None) -> None:
     from loyalty_site.wsgi import application
     from rewards.services import integration_token_create
 
-    _integration, token = integration_token_create(name=f"bench-inprocess-{time.time():.0f}")
+    _integration, token = integration_token_create(name=f"bench-inprocess-{time.time():.0f}-{os.getpid()}")
     # The load generator's own purchases (bench/loadgen.py), as WSGI environs.
     workload = loadgen.Workload(
         loadgen.parse_args(
             ["--scenario", "purchases", "--token", token, "--customers", str(args.customers)]
-            + ["--run-id", f"inproc-{time.time():.0f}"]
+            + ["--run-id", f"inproc-{time.time():.0f}-{os.getpid()}"]
         )
     )
 

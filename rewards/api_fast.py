@@ -168,14 +168,19 @@ def _record(integration, data):
     Django checks a reused connection before a request's first statement (CONN_HEALTH_CHECKS:
     a `SELECT 1` round trip, ~5 % of this path's CPU). Here the purchase itself is the check:
     on a connection that turns out dead (PostgreSQL restarted, an idle connection cut) the
-    service's transaction fails, Django's atomic block closes the connection when its rollback
-    fails too, and purchase_answer hands the request to the full path, which records it on a
-    new connection. Whatever the failure left behind, that is safe: the service is one
-    transaction, idempotent on (integration, external_id), so a first attempt that did commit
-    is answered as its replay (tests/site/test_outages.py)."""
+    service's first statement fails, and purchase_answer hands the request to the full path
+    with Django's check due again, which then replaces the connection and records the
+    purchase on a new one. Whatever the failure left behind, that is safe: each of the
+    service's writes is one transaction (a statement or an atomic block), idempotent on
+    (integration, external_id), so a first attempt that did commit is answered as its replay
+    (tests/site/test_outages.py)."""
     if connection.connection is not None and connection.health_check_enabled:
         connection.health_check_done = True
-    return api._purchase_from(integration, data)
+    try:
+        return api._purchase_from(integration, data)
+    except Exception:
+        connection.health_check_done = False
+        raise
 
 
 def purchase_answer(request) -> HttpResponse | None:

@@ -488,17 +488,20 @@ def purchases_award(
                         )
                     ),
                 )
-                changed = [a for a in accounts.values() if a.balance_changed or a.tier_changed]
-                if changed:
+                # Every account of the batch gets a new row version, changed or not: a member's
+                # purchase read before this import committed reads again (its qualifying spend
+                # moved; services._purchase_record_unlocked).
+                touched = list(accounts.values())
+                if touched:
                     cursor.execute(
                         _ACCOUNTS_UPDATE_SQL,
                         {
                             "now": now,
-                            "ids": [a.customer_id for a in changed],
-                            "balances": [a.balance for a in changed],
-                            "tiers": [a.tier_id for a in changed],
-                            "balance_changed": [a.balance_changed for a in changed],
-                            "tier_changed": [a.tier_changed for a in changed],
+                            "ids": [a.customer_id for a in touched],
+                            "balances": [a.balance for a in touched],
+                            "tiers": [a.tier_id for a in touched],
+                            "balance_changed": [a.balance_changed for a in touched],
+                            "tier_changed": [a.tier_changed for a in touched],
                         },
                     )
                 # Deferred foreign keys are checked here, inside the savepoint, not at the commit.

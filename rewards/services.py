@@ -1,7 +1,10 @@
 """Every write that moves points. Each service is atomic, takes keyword arguments,
 and is idempotent on a stated key; all changes of a member's balance happen behind
-a row lock on their PointsAccount (`select_for_update`), in the same transaction
-as the ledger entries that explain them.
+a row lock on their PointsAccount, in the same transaction as the ledger entries that
+explain them: `select_for_update` before reading the balance, or, for a known member's
+purchase, one statement that updates the account row only if it is still the version read
+(_purchase_record_unlocked), so every writer that changes what a purchase earns or a
+member's tier must change that row.
 
 Lock order, everywhere: customer row (enrolment only) → points accounts in
 ascending id → purchase → reward → redemption. Keeping one order rules out
@@ -48,6 +51,7 @@ from .models import (
     Redemption,
     Refund,
     Reward,
+    Tier,
 )
 from .prepared import prepared_cursor
 from .selectors import program_get, qualifying_spend, tier_lowest
@@ -333,19 +337,24 @@ def purchase_record(
             "enroll": bool(enroll),
         }
     )
+    purchase = {
+        "integration": integration,
+        "external_id": external_id,
+        "customer_ref": customer_ref,
+        "amount": rules.money(Decimal(amount)),
+        "currency": currency,
+        "occurred_at": occurred_at,
+        "lines": lines,
+        "enroll": enroll,
+        "award_points": award_points,
+        "fingerprint": fingerprint,
+    }
     try:
-        return _purchase_record(
-            integration=integration,
-            external_id=external_id,
-            customer_ref=customer_ref,
-            amount=rules.money(Decimal(amount)),
-            currency=currency,
-            occurred_at=occurred_at,
-            lines=lines,
-            enroll=enroll,
-            award_points=award_points,
-            fingerprint=fingerprint,
-        )
+        if connection.vendor == "postgresql" and connection.get_autocommit():
+            result = _purchase_record_unlocked(**purchase)
+            if result is not None:
+                return result
+        return _purchase_record(**purchase)
     except IntegrityError:
         # A concurrent request created the same customer or entry first.
         replay = _purchase_existing(integration, external_id, fingerprint)
@@ -406,22 +415,10 @@ def _member_lock_by_ref(
     return customer, _account_from_row(customer.pk, balance, tier_id), _promotions(promotions)
 
 
-# One statement writes a purchase with its lines, the earn entry, the entry's lot and the new
-# balance (data-modifying CTEs), and reads the member's qualifying spend. The purchase goes in
-# with ON CONFLICT DO NOTHING on (integration, external_id): when a twin got there first, `p`
-# is empty and so is everything that hangs off it, and the caller answers with the twin.
-_PURCHASE_WRITE_SQL = """
-WITH p AS (
-    INSERT INTO rewards_purchase (
-        integration_id, external_id, customer_id, amount, currency, occurred_at, refunded_amount,
-        points_earned, points_clawed_back, was_member, request_hash, balance_after, explanation, created_at
-    ) VALUES (
-        %(integration)s, %(external_id)s, %(customer)s, %(amount)s, %(currency)s, %(occurred_at)s, 0,
-        %(points)s, 0, %(was_member)s, %(hash)s, %(balance_after)s::integer, %(explanation)s::jsonb, %(now)s
-    )
-    ON CONFLICT (integration_id, external_id) DO NOTHING
-    RETURNING id
-), l AS (
+# The purchase's rows after the purchase itself, shared by the two statements that write one:
+# its lines, the earn entry and the entry's lot (data-modifying CTEs hanging off `p`).
+_PURCHASE_ROWS_SQL = """
+l AS (
     INSERT INTO rewards_purchaseline (purchase_id, sku, category, quantity, amount)
     SELECT p.id, x.sku, x.category, x.quantity, x.amount
     FROM p, jsonb_to_recordset(%(lines)s::jsonb)
@@ -439,7 +436,27 @@ WITH p AS (
     SELECT %(customer)s, e.id, %(lot_points)s, %(lot_points)s, %(earned_at)s::timestamptz,
            %(expires_at)s::timestamptz
     FROM e WHERE %(lot_points)s > 0
-), a AS (
+)"""
+_PURCHASE_COLUMNS = """
+        integration_id, external_id, customer_id, amount, currency, occurred_at, refunded_amount,
+        points_earned, points_clawed_back, was_member, request_hash, balance_after, explanation, created_at"""
+_PURCHASE_VALUES = """
+        %(integration)s, %(external_id)s, %(customer)s, %(amount)s, %(currency)s, %(occurred_at)s, 0,
+        %(points)s, 0, %(was_member)s, %(hash)s, %(balance_after)s::integer, %(explanation)s::jsonb,
+        %(now)s"""
+
+# The locked path's one statement: the purchase with its lines, the earn entry, the entry's lot
+# and the new balance, and the member's qualifying spend before it. The purchase goes in with
+# ON CONFLICT DO NOTHING on (integration, external_id): when a twin got there first, `p` is
+# empty and so is everything that hangs off it, and the caller answers with the twin.
+_PURCHASE_WRITE_SQL = f"""
+WITH p AS (
+    INSERT INTO rewards_purchase ({_PURCHASE_COLUMNS}
+    ) VALUES ({_PURCHASE_VALUES}
+    )
+    ON CONFLICT (integration_id, external_id) DO NOTHING
+    RETURNING id
+), {_PURCHASE_ROWS_SQL}, a AS (
     UPDATE rewards_pointsaccount SET balance = %(balance_after)s::integer, updated_at = %(now)s
     WHERE customer_id = %(customer)s AND EXISTS (SELECT 1 FROM e)
 )
@@ -448,7 +465,286 @@ SELECT (SELECT id FROM p), (SELECT id FROM e),
            SELECT COALESCE(SUM(amount - refunded_amount), 0) FROM rewards_purchase
            WHERE customer_id = %(customer)s AND occurred_at > %(spend_from)s AND occurred_at <= %(as_of)s
        ) END
-"""
+"""  # noqa: S608 - constants of this module only
+
+# The unlocked path (see _purchase_record_unlocked) reads everything a purchase depends on in
+# one statement without a lock: the customer, their account with its row version (xmin: every
+# committed UPDATE of the row changes it), the promotions in force, the qualifying spend, and
+# the purchase under this id if it was recorded already.
+_PURCHASE_READ_SQL = f"""
+SELECT {_CUSTOMER_COLUMNS}, a.customer_id, a.balance, a.tier_id, a.xmin::text,
+       CASE WHEN a.customer_id IS NOT NULL THEN ({selectors.promotions_in_force_sql("c.id")}) END,
+       CASE WHEN a.customer_id IS NOT NULL THEN (
+           SELECT COALESCE(SUM(s.amount - s.refunded_amount), 0) FROM rewards_purchase s
+           WHERE s.customer_id = c.id AND s.occurred_at > %(spend_from)s AND s.occurred_at <= %(as_of)s
+       ) END,
+       EXISTS (
+           SELECT 1 FROM rewards_purchase r
+           WHERE r.integration_id = %(integration)s AND r.external_id = %(external_id)s
+       )
+FROM accounts_customer c LEFT JOIN rewards_pointsaccount a ON a.customer_id = c.id
+WHERE c.external_ref = %(ref)s
+"""  # noqa: S608 - constants of this module only
+
+# ... and writes a member's purchase in one statement that first moves the account, only if
+# its row is still the version it read (`a` is then empty, and so is everything hanging off
+# it: the caller reads again). The balance and a tier upgrade go with the purchase, its
+# lines, entry and lot, or none of them. No ON CONFLICT here: a twin recorded since the read
+# makes the statement fail on the unique (integration, external_id), which undoes `a` too.
+_MEMBER_PURCHASE_WRITE_SQL = f"""
+WITH a AS (
+    UPDATE rewards_pointsaccount
+    SET balance = %(balance_after)s::integer, updated_at = %(now)s,
+        tier_id = COALESCE(%(tier_up)s::integer, tier_id),
+        tier_changed_at = CASE WHEN %(tier_up)s::integer IS NULL THEN tier_changed_at ELSE %(now)s END
+    WHERE customer_id = %(customer)s AND xmin = %(version)s::xid
+    RETURNING customer_id
+), p AS (
+    INSERT INTO rewards_purchase ({_PURCHASE_COLUMNS}
+    ) SELECT {_PURCHASE_VALUES}
+    FROM a
+    RETURNING id
+), {_PURCHASE_ROWS_SQL}
+SELECT (SELECT id FROM p)
+"""  # noqa: S608 - constants of this module only
+
+
+def _purchase_write_params(
+    *,
+    integration,
+    external_id,
+    customer,
+    account,
+    promotions,
+    amount,
+    currency,
+    occurred_at,
+    lines,
+    award_points,
+    fingerprint,
+) -> dict:
+    """Earn under the rules and return the purchase statements' parameters; moves `account`'s
+    balance to what it is after this purchase (while in debt, earnings repay it first, as
+    _credit does). Shared by the locked and the unlocked path."""
+    earn = None
+    if account is not None and award_points:
+        earn = rules.purchase_points(
+            amount=amount,
+            lines=[
+                rules.Line(str(line.get("category") or ""), Decimal(str(line["amount"]))) for line in lines
+            ],
+            ctx=selectors.earn_context_get(
+                customer=customer, tier=account.tier, at=occurred_at, promotions=promotions
+            ),
+        )
+    now = timezone.now()
+    points = earn.points if earn else 0
+    earned_at = min(occurred_at, now)
+    explanation = earn.explanation if earn else []
+    entry_explanation, lot_points = explanation, points
+    if points > 0:
+        repaid = min(max(0, -account.balance), points)
+        if repaid:
+            entry_explanation = [*explanation, {"code": "debt_repaid", "points": repaid}]
+        lot_points = points - repaid
+        account.balance += points
+    as_of = max(occurred_at, now)
+    # The lines as one JSON document (four arrays cost psycopg's Python list dumpers more CPU
+    # than the rest of the statement's parameters together); numbers as decimal strings.
+    lines_json = json.dumps(
+        [
+            {
+                "sku": str(line.get("sku") or "")[:64],
+                "category": str(line.get("category") or "")[:64],
+                "quantity": str(Decimal(str(line.get("quantity") or 1))),
+                "amount": str(Decimal(str(line["amount"]))),
+            }
+            for line in lines
+        ]
+    )
+    return {
+        "integration": integration.pk,
+        "external_id": external_id,
+        "customer": customer.pk,
+        "amount": amount,
+        "currency": currency,
+        "occurred_at": occurred_at,
+        "points": points,
+        # Member when the shop's system reported it: a member who joins at the till
+        # earns on the basket they are paying for, even if it was rung up a minute before.
+        "was_member": customer.is_member,
+        "hash": fingerprint,
+        "balance_after": account.balance if account else None,
+        "explanation": json.dumps(explanation),
+        "explanation_list": explanation,
+        "now": now,
+        "lines": lines_json,
+        "kind": Kind.EARN,
+        "earned_at": earned_at,
+        "entry_explanation": json.dumps(entry_explanation),
+        "credit": points > 0,
+        "lot_points": lot_points,
+        "expires_at": _lot_expiry(earned_at) if lot_points > 0 else None,
+        "spend": account is not None,
+        "spend_from": as_of - dt.timedelta(days=365),
+        "as_of": as_of,
+    }
+
+
+def _purchase_built(params: dict, purchase_id: int, integration, customer) -> Purchase:
+    """The Purchase a write statement recorded, from its parameters (no read back)."""
+    return Purchase(
+        pk=purchase_id,
+        integration=integration,
+        external_id=params["external_id"],
+        customer=customer,
+        amount=params["amount"],
+        currency=params["currency"],
+        occurred_at=params["occurred_at"],
+        was_member=params["was_member"],
+        request_hash=params["hash"],
+        points_earned=params["points"],
+        explanation=params["explanation_list"],
+        balance_after=params["balance_after"],
+        created_at=params["now"],
+    )
+
+
+# Reads before the unlocked path gives way to the locked one (each retry follows a member's
+# purchase, refund or redemption that moved the account between the read and the write).
+_UNLOCKED_ATTEMPTS = 3
+
+
+def _purchase_record_unlocked(
+    *,
+    integration,
+    external_id,
+    customer_ref,
+    amount,
+    currency,
+    occurred_at,
+    lines,
+    enroll,
+    award_points,
+    fingerprint,
+) -> PurchaseResult | None:
+    """A known customer's purchase in two statements and no transaction around them, or None
+    for the locked path (_purchase_record): a new customer, an enrolment, a referred member
+    (whose first purchase may owe referral bonuses), a member without an account, or an
+    account that kept moving.
+
+    Optimistic concurrency on the member's account row: one statement reads the customer, the
+    account and its row version, the promotions and the qualifying spend (no lock, no
+    transaction); the rules run in Python; one statement then writes the purchase, its lines,
+    entry, lot, new balance and any tier upgrade, only if the account row is still the version
+    read. Whatever else moves a member's balance or tier updates that row, and a refund that
+    claws nothing back touches it too (purchase_refund), so an unchanged version means the
+    read is still the truth about everything this purchase depends on; otherwise nothing was
+    written and it reads again. Each statement is its own transaction: PostgreSQL checks the
+    deferred foreign keys and commits at its end. Against the locked path this saves the BEGIN
+    and COMMIT round trips and the row lock's own write (bench/RESULTS.md, sixth round).
+    Only outside a transaction: inside one, a failed statement would abort the caller's."""
+    for _attempt in range(_UNLOCKED_ATTEMPTS):
+        now = timezone.now()
+        as_of = max(occurred_at, now)
+        with prepared_cursor() as cursor:
+            cursor.execute(
+                _PURCHASE_READ_SQL,
+                {
+                    "ref": customer_ref,
+                    "at": occurred_at,
+                    "spend_from": as_of - dt.timedelta(days=365),
+                    "as_of": as_of,
+                    "integration": integration.pk,
+                    "external_id": external_id,
+                },
+            )
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        customer = _customer_from_row(row)
+        account_id, balance, tier_id, version, promotions, spend_before, recorded = row[
+            len(_CUSTOMER_FIELDS) :
+        ]
+        if recorded:
+            return _purchase_existing(integration, external_id, fingerprint)
+        if not customer.is_member:
+            if enroll:
+                return None
+            return _shopper_purchase_write(
+                integration=integration,
+                external_id=external_id,
+                customer=customer,
+                amount=amount,
+                currency=currency,
+                occurred_at=occurred_at,
+                lines=lines,
+                fingerprint=fingerprint,
+            )
+        if account_id is None or (customer.referred_by_id is not None and _referral_bonuses_on()):
+            return None
+        account = _account_from_row(customer.pk, balance, tier_id)
+        params = _purchase_write_params(
+            integration=integration,
+            external_id=external_id,
+            customer=customer,
+            account=account,
+            promotions=_promotions(promotions),
+            amount=amount,
+            currency=currency,
+            occurred_at=occurred_at,
+            lines=lines,
+            award_points=award_points,
+            fingerprint=fingerprint,
+        )
+        # The statement's spend was read for this very `as_of` only if the clock did not move
+        # past a purchase's boundary in between: both use the read's window.
+        spend = spend_before + (amount if occurred_at > as_of - dt.timedelta(days=365) else Decimal("0"))
+        tier_up = _tier_upgrade_target(account, spend)
+        params["tier_up"] = tier_up.pk if tier_up else None
+        params["version"] = version
+        with prepared_cursor() as cursor:
+            cursor.execute(_MEMBER_PURCHASE_WRITE_SQL, params)
+            (purchase_id,) = cursor.fetchone()
+        if purchase_id is None:
+            continue  # the account moved since the read: nothing was written
+        if tier_up is not None:
+            account.tier = tier_up
+        return PurchaseResult(_purchase_built(params, purchase_id, integration, customer), True)
+    return None
+
+
+def _shopper_purchase_write(
+    *, integration, external_id, customer, amount, currency, occurred_at, lines, fingerprint
+) -> PurchaseResult:
+    """A shopper's (non-member's) purchase: recorded for analytics, no account, no points."""
+    params = _purchase_write_params(
+        integration=integration,
+        external_id=external_id,
+        customer=customer,
+        account=None,
+        promotions=[],
+        amount=amount,
+        currency=currency,
+        occurred_at=occurred_at,
+        lines=lines,
+        award_points=False,
+        fingerprint=fingerprint,
+    )
+    with prepared_cursor() as cursor:
+        cursor.execute(_PURCHASE_WRITE_SQL, params)
+        purchase_id, _entry_id, _spend = cursor.fetchone()
+    if purchase_id is None:
+        # A twin was recorded first (a retry, or the same request sent twice at once).
+        return _purchase_replay(integration, external_id, fingerprint)
+    return PurchaseResult(_purchase_built(params, purchase_id, integration, customer), True)
+
+
+def _purchase_replay(integration, external_id, fingerprint) -> PurchaseResult:
+    replay = _purchase_existing(integration, external_id, fingerprint)
+    if replay is None:  # cannot happen: the conflict was on this very key
+        raise Conflict(f"Purchase {external_id!r} could not be recorded.", code="idempotency_conflict")
+    return replay
 
 
 @transaction.atomic
@@ -465,6 +761,9 @@ def _purchase_record(
     award_points,
     fingerprint,
 ):
+    """The locked path: the member's account row locked for the whole transaction (new
+    customers, enrolments, referral bonuses, calls inside a caller's transaction, and the
+    unlocked path's last resort)."""
     if connection.vendor != "postgresql":
         # The demo's SQLite: the same purchase through the ORM (the statements below are PostgreSQL's).
         return _purchase_record_portable(
@@ -491,104 +790,34 @@ def _purchase_record(
         account, promotions = (None, [])
         if customer.is_member:
             account, promotions = _member_lock(customer.pk, at=occurred_at)
-    earn = None
-    if account is not None and award_points:
-        earn = rules.purchase_points(
-            amount=amount,
-            lines=[
-                rules.Line(str(line.get("category") or ""), Decimal(str(line["amount"]))) for line in lines
-            ],
-            ctx=selectors.earn_context_get(
-                customer=customer, tier=account.tier, at=occurred_at, promotions=promotions
-            ),
-        )
-    now = timezone.now()
-    points = earn.points if earn else 0
-    earned_at = min(occurred_at, now)
-    explanation = earn.explanation if earn else []
-    entry_explanation, lot_points = explanation, points
     balance_before = account.balance if account else None
-    if points > 0:
-        # While in debt, earnings repay it first (as _credit does).
-        repaid = min(max(0, -account.balance), points)
-        if repaid:
-            entry_explanation = [*explanation, {"code": "debt_repaid", "points": repaid}]
-        lot_points = points - repaid
-        account.balance += points
-    as_of = max(occurred_at, now)
-    spend_from = as_of - dt.timedelta(days=365)
-    # The lines as one JSON document (four arrays cost psycopg's Python list dumpers more CPU
-    # than the rest of the statement's parameters together); numbers as decimal strings.
-    lines_json = json.dumps(
-        [
-            {
-                "sku": str(line.get("sku") or "")[:64],
-                "category": str(line.get("category") or "")[:64],
-                "quantity": str(Decimal(str(line.get("quantity") or 1))),
-                "amount": str(Decimal(str(line["amount"]))),
-            }
-            for line in lines
-        ]
+    params = _purchase_write_params(
+        integration=integration,
+        external_id=external_id,
+        customer=customer,
+        account=account,
+        promotions=promotions,
+        amount=amount,
+        currency=currency,
+        occurred_at=occurred_at,
+        lines=lines,
+        award_points=award_points,
+        fingerprint=fingerprint,
     )
     with prepared_cursor() as cursor:
-        cursor.execute(
-            _PURCHASE_WRITE_SQL,
-            {
-                "integration": integration.pk,
-                "external_id": external_id,
-                "customer": customer.pk,
-                "amount": amount,
-                "currency": currency,
-                "occurred_at": occurred_at,
-                "points": points,
-                # Member when the shop's system reported it: a member who joins at the till
-                # earns on the basket they are paying for, even if it was rung up a minute before.
-                "was_member": customer.is_member,
-                "hash": fingerprint,
-                "balance_after": account.balance if account else None,
-                "explanation": json.dumps(explanation),
-                "now": now,
-                "lines": lines_json,
-                "kind": Kind.EARN,
-                "earned_at": earned_at,
-                "entry_explanation": json.dumps(entry_explanation),
-                "credit": points > 0,
-                "lot_points": lot_points,
-                "expires_at": _lot_expiry(earned_at) if lot_points > 0 else None,
-                "spend": account is not None,
-                "spend_from": spend_from,
-                "as_of": as_of,
-            },
-        )
+        cursor.execute(_PURCHASE_WRITE_SQL, params)
         purchase_id, _entry_id, spend_before = cursor.fetchone()
     if purchase_id is None:
         # A twin was recorded first (a retry, or the same request sent twice at once).
         if account is not None:
             account.balance = balance_before
-        replay = _purchase_existing(integration, external_id, fingerprint)
-        if replay is None:  # cannot happen: the conflict was on this very key
-            raise Conflict(f"Purchase {external_id!r} could not be recorded.", code="idempotency_conflict")
-        return replay
-    purchase = Purchase(
-        pk=purchase_id,
-        integration=integration,
-        external_id=external_id,
-        customer=customer,
-        amount=amount,
-        currency=currency,
-        occurred_at=occurred_at,
-        was_member=customer.is_member,
-        request_hash=fingerprint,
-        points_earned=points,
-        explanation=explanation,
-        balance_after=account.balance if account else None,
-        created_at=now,
-    )
+        return _purchase_replay(integration, external_id, fingerprint)
+    purchase = _purchase_built(params, purchase_id, integration, customer)
     if account is None:
         return PurchaseResult(purchase, True)
     # The statement's snapshot did not include the purchase it inserted.
-    spend = spend_before + (amount if occurred_at > spend_from else Decimal("0"))
-    _tier_upgrade_check(account, customer, as_of=as_of, spend=spend)
+    spend = spend_before + (amount if occurred_at > params["spend_from"] else Decimal("0"))
+    _tier_upgrade_check(account, customer, as_of=params["as_of"], spend=spend)
     if _referral_bonus_check(account, customer, purchase=purchase):
         purchase.balance_after = account.balance
         Purchase.objects.filter(pk=purchase.pk).update(balance_after=account.balance)
@@ -678,21 +907,30 @@ _TIER_UPGRADE_SQL = (
 )
 
 
+def _tier_upgrade_target(account: PointsAccount, spend: Decimal) -> Tier | None:
+    """The tier a purchase that brings the member's qualifying spend to `spend` upgrades them
+    to, or None (downgrades wait for the nightly job)."""
+    tiers = program_get()["tiers"]
+    if not tiers:
+        return None
+    best_id = rules.tier_for_spend(spend, [(t.pk, t.min_qualifying_spend) for t in tiers])
+    if best_id is None:
+        return None
+    best = next(t for t in tiers if t.pk == best_id)
+    current_threshold = account.tier.min_qualifying_spend if account.tier else Decimal("-1")
+    return best if best.min_qualifying_spend > current_threshold else None
+
+
 def _tier_upgrade_check(
     account: PointsAccount, customer: Customer, *, as_of: dt.datetime, spend: Decimal | None = None
 ) -> None:
-    """Upgrade on the purchase that crosses a threshold (downgrades wait for the nightly job)."""
-    tiers = program_get()["tiers"]
-    if not tiers:
+    """Upgrade on the purchase that crosses a threshold, in the caller's transaction."""
+    if not program_get()["tiers"]:
         return
     if spend is None:
         spend = qualifying_spend(customer_id=customer.pk, as_of=as_of)
-    best_id = rules.tier_for_spend(spend, [(t.pk, t.min_qualifying_spend) for t in tiers])
-    if best_id is None:
-        return
-    best = next(t for t in tiers if t.pk == best_id)
-    current_threshold = account.tier.min_qualifying_spend if account.tier else Decimal("-1")
-    if best.min_qualifying_spend > current_threshold:
+    best = _tier_upgrade_target(account, spend)
+    if best is not None:
         account.tier = best
         # A statement of the purchase's hot path: prepared (the ORM's update costs several
         # times more of the server's CPU than the row change itself).
@@ -712,14 +950,17 @@ def referral_referrer_explanation(*, first_name: str, external_ref: str) -> list
     return [{"code": "referral_referrer", "friend": first_name or external_ref}]
 
 
+def _referral_bonuses_on() -> bool:
+    program = program_get()["rules"]
+    return bool(program.referral_bonus_referee or program.referral_bonus_referrer)
+
+
 def _referral_bonus_check(account: PointsAccount, customer: Customer, *, purchase: Purchase) -> bool:
     """After a referred member's first purchase as a member, both sides get their bonus, once.
     True when this member's balance changed."""
-    if customer.referred_by_id is None:
+    if customer.referred_by_id is None or not _referral_bonuses_on():
         return False
     program = program_get()["rules"]
-    if not program.referral_bonus_referee and not program.referral_bonus_referrer:
-        return False
     key_referee, key_referrer = referral_keys(customer.pk)
     # Either side's entry means the bonus was given (one of the two may be 0 and have none).
     if LedgerEntry.objects.filter(idempotency_key__in=[key_referee, key_referrer]).exists():
@@ -828,6 +1069,11 @@ def purchase_refund(
             purchase=purchase,
             refund=refund,
         )
+    elif account is not None:
+        # Nothing to claw back, but the member's qualifying spend fell: a new version of the
+        # account row tells a purchase read before this refund to read again (see
+        # _purchase_record_unlocked), as a clawback's balance change does.
+        PointsAccount.objects.filter(pk=account.pk).update(updated_at=timezone.now())
     refund.balance_after = account.balance if account else None
     Refund.objects.filter(pk=refund.pk).update(balance_after=refund.balance_after)
     return RefundResult(refund, True)

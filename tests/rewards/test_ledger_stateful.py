@@ -16,8 +16,17 @@ from rewards.models import PointsAccount, Purchase, Redemption
 from tests.factories import CustomerFactory, IntegrationFactory, RewardFactory, StaffFactory
 
 
-@pytest.mark.django_db
-def test_random_sequences_keep_the_ledger_invariants(program):
+@pytest.mark.parametrize(
+    "mode",
+    [
+        # Inside the test's transaction: every purchase takes the locked path.
+        pytest.param("locked", marks=pytest.mark.django_db),
+        # Autocommit, as the API runs: a known member's purchase takes the unlocked path
+        # (services._purchase_record_unlocked), the other moves their own atomic blocks.
+        pytest.param("unlocked", marks=pytest.mark.django_db(transaction=True)),
+    ],
+)
+def test_random_sequences_keep_the_ledger_invariants(program, mode):
     integration = IntegrationFactory(name="stateful")
     rewards = [RewardFactory(cost_points=cost) for cost in (40, 150, 600)]
     staff = StaffFactory(username="stateful-staff")

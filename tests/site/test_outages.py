@@ -171,18 +171,32 @@ def test_database_outage_answers_503_with_retry_after_and_recovers_by_itself(
     assert ledger_violations() == []
 
 
-def test_a_connection_lost_at_commit_leaves_nothing_half_written(anna, token, pg_proxy, server_on):
+@pytest.mark.parametrize(
+    "who, marker",
+    [
+        # A known member's purchase is one write statement and no transaction around it
+        # (services._purchase_record_unlocked): cut as that statement is sent (its parameters
+        # carry the explanation's JSON, the read's do not).
+        ("member", b'"code"'),
+        # A new customer who enrols at the till goes the locked way: cut at its COMMIT.
+        ("new member", b"COMMIT"),
+    ],
+)
+def test_a_connection_lost_before_the_write_lands_leaves_nothing_half_written(
+    anna, token, pg_proxy, server_on, who, marker
+):
     server = server_on(DATABASE_URL=database_url(pg_proxy.port))
     auth = {"Authorization": f"Bearer {token}"}
-    ref = anna.external_ref
-    assert server.request("POST", "/api/v1/purchases", purchase("p-1", ref), auth).status == 201
+    ref = anna.external_ref if who == "member" else "NEW-AT-THE-TILL"
+    assert server.request("POST", "/api/v1/purchases", purchase("p-1", anna.external_ref), auth).status == 201
     balance = PointsAccount.objects.get(pk=anna.pk).balance
     entries = LedgerEntry.objects.count()
+    body = {**purchase("p-2", ref, "250.00"), "enroll": who != "member"}
 
-    # The purchase, its ledger entry, its lot and the balance are written; the COMMIT that
-    # would make them real never reaches PostgreSQL, which rolls the transaction back.
-    pg_proxy.cut_on(b"COMMIT")
-    assert_503_json(server.request("POST", "/api/v1/purchases", purchase("p-2", ref, "250.00"), auth))
+    # The purchase, its ledger entry, its lot and the balance would be written together; the
+    # bytes that make them real never reach PostgreSQL.
+    pg_proxy.cut_on(marker)
+    assert_503_json(server.request("POST", "/api/v1/purchases", body, auth))
     assert pg_proxy.cuts == 1
     assert not Purchase.objects.filter(external_id="p-2").exists()
     assert LedgerEntry.objects.count() == entries
@@ -190,9 +204,10 @@ def test_a_connection_lost_at_commit_leaves_nothing_half_written(anna, token, pg
     assert ledger_violations() == []
 
     pg_proxy.restore()
-    retried = server.request("POST", "/api/v1/purchases", purchase("p-2", ref, "250.00"), auth)
+    retried = server.request("POST", "/api/v1/purchases", body, auth)
     assert retried.status == 201, retried.text
-    assert retried.json()["balance"] == balance + retried.json()["points_earned"] > balance
+    if who == "member":
+        assert retried.json()["balance"] == balance + retried.json()["points_earned"] > balance
     assert Purchase.objects.filter(external_id="p-2").count() == 1
     assert ledger_violations() == []
 
