@@ -39,7 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.spatial import cKDTree
+import scipy  # scipy.spatial loads on first use
 
 from . import sql
 from .compute import Parameters, months_sql
@@ -137,7 +137,7 @@ def match(treated: Units, candidates: Units) -> Pairs | None:
     t, c = treated.features(), candidates.features()
     scale = np.concatenate([t, c]).std(axis=0)
     scale[scale == 0] = 1.0
-    _distance, index = cKDTree(c / scale).query(t / scale, k=1)
+    _distance, index = scipy.spatial.cKDTree(c / scale).query(t / scale, k=1)
     return Pairs(treated, candidates.take(index), _balance(treated, candidates))
 
 
