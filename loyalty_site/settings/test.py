@@ -4,7 +4,9 @@ DATABASE_URL and REDIS_URL default to the local services; the suite stops at
 once, saying which service is missing, when one does not answer.
 """
 
+import os
 import uuid
+from urllib.parse import urlsplit, urlunsplit
 
 from .base import *  # noqa: F403
 from .base import REDIS_CACHE_OPTIONS, database_settings, env
@@ -22,6 +24,17 @@ DATABASES["default"]["TEST"] = {"NAME": env("TEST_DATABASE_NAME", default="test_
 # Redis database 1 by default, so a developer's running site (database 0) and
 # the suite do not consume each other's messages.
 REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/1")
+# `make test` runs the suite in several processes (pytest-xdist): each gets a database of its own
+# (pytest-django adds _gw0, _gw1...) and the Redis database after the previous one's, so their
+# brokers, caches and counters never meet. Servers and workers a test starts inherit the result
+# (and the marker that says it is applied, so they do not move it again).
+_XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _XDIST_WORKER.startswith("gw") and os.environ.get("LOYALTY_TEST_WORKER") != _XDIST_WORKER:
+    _redis = urlsplit(REDIS_URL)
+    _redis_db = int(_redis.path.strip("/") or 0) + int(_XDIST_WORKER[2:])
+    REDIS_URL = urlunsplit(_redis._replace(path=f"/{_redis_db}"))
+    os.environ["REDIS_URL"] = REDIS_URL
+    os.environ["LOYALTY_TEST_WORKER"] = _XDIST_WORKER
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
 CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", default=REDIS_URL)
 CACHES = {
