@@ -162,6 +162,22 @@ def test_empty_shop_gives_nulls_not_errors(db):
     assert metric(run, "aov", "window", "all:365").value is None
 
 
+def test_a_session_whose_temporary_buffers_are_in_use_still_computes(db):
+    """A temporary table created in a transaction that rolled back leaves no temporary schema
+    but the session's temporary buffers in use, and PostgreSQL then refuses a new temp_buffers
+    (a long-lived worker's connection can be in that state when the nightly job comes)."""
+    from django.db import connection, transaction
+
+    with pytest.raises(RuntimeError), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("CREATE TEMP TABLE scratch (x integer)")
+        cursor.execute("INSERT INTO scratch VALUES (1)")
+        raise RuntimeError("rolled back")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_my_temp_schema() = 0")
+        assert cursor.fetchone()[0]
+    assert services.analytics_refresh(as_of=AS_OF).status == "done"
+
+
 def test_points_liability_redemption_rate_and_clv_to_cac_from_the_ledger(member, integration):
     from analytics.models import MonthlyCost
     from rewards import services as rewards
