@@ -7,6 +7,7 @@ DEMO_ENV := DJANGO_SETTINGS_MODULE=loyalty_site.settings.dev PATH="$(CURDIR)/$(B
 TEST_ENV := DJANGO_SETTINGS_MODULE=loyalty_site.settings.test
 # Test processes (pytest-xdist, a module's tests together in one): each has its own test
 # database and Redis database (loyalty_site/settings/test.py). TEST_WORKERS=0 runs in this process.
+# Tests marked `serial` run after, in one process (pyproject.toml says why).
 TEST_WORKERS ?= 2
 
 .PHONY: demo test lint format messages translations venv clean bench bench-analytics bench-imports fuzz audit
@@ -41,7 +42,8 @@ format: venv
 	$(BIN)/ruff format .
 
 test: venv translations lint
-	$(TEST_ENV) $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m "not serial" $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/pytest -m serial $(PYTEST_ARGS)
 
 # Extract new strings into every catalogue (needs GNU gettext), then translate them.
 messages: venv

@@ -65,6 +65,7 @@ def token(db, program):
     signals.request_finished.connect(close_old_connections)
 
 
+@pytest.mark.serial
 @schema.parametrize()
 # The token and data are made once per operation and shared by its examples, on purpose.
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
