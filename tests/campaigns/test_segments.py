@@ -111,29 +111,42 @@ def test_predicted_values_need_analytics_scores(people):
         matching(Condition("p_alive", "gte", "0.5"))
 
 
-def _scores(run, **by_ref):
+def _score(run, ref: str, **fields):
+    """A score row for the customer `ref` in `run`: a one-day customer unless `fields` say more."""
     from analytics.models import CustomerScore
 
     today = timezone.localdate()
+    row = {
+        "first_day": today,
+        "last_day": today,
+        "purchase_days": 1,
+        "frequency": 0,
+        "recency": 0,
+        "age": 1,
+        "net_revenue": Decimal("1"),
+        "historical_clv": Decimal("1"),
+        "rfm_r": 1,
+        "rfm_f": 1,
+        "rfm_m": 1,
+        "rfm_score": 3,
+        "churn_risk": "low",
+    }
+    customer = Customer.objects.get(external_ref=ref)
+    CustomerScore.objects.create(run=run, customer=customer, **{**row, **fields})
+
+
+def _scores(run, **by_ref):
+    """Scores by reference: (RFM score, predicted CLV, P(alive))."""
     for ref, (rfm, clv, p_alive) in by_ref.items():
-        CustomerScore.objects.create(
-            run=run,
-            customer=Customer.objects.get(external_ref=ref),
-            first_day=today,
-            last_day=today,
-            purchase_days=1,
-            frequency=0,
-            recency=0,
-            age=1,
-            net_revenue=Decimal("1"),
-            historical_clv=Decimal("1"),
+        _score(
+            run,
+            ref,
             predicted_clv=clv,
             p_alive=p_alive,
             rfm_r=rfm // 3,
             rfm_f=rfm // 3,
             rfm_m=rfm - 2 * (rfm // 3),
             rfm_score=rfm,
-            churn_risk="low",
         )
 
 
@@ -171,41 +184,15 @@ def test_preview_counts_and_samples(people):
     assert {s["ref"] for s in preview["sample"]} == {"ann", "bo"}
 
 
-def _score(run, ref: str, *, risk: str = "low", e30=None, e90=None, e365=None):
-    from analytics.models import CustomerScore
-
-    today = timezone.localdate()
-    CustomerScore.objects.create(
-        run=run,
-        customer=Customer.objects.get(external_ref=ref),
-        first_day=today,
-        last_day=today,
-        purchase_days=1,
-        frequency=0,
-        recency=0,
-        age=1,
-        net_revenue=Decimal("1"),
-        historical_clv=Decimal("1"),
-        rfm_r=1,
-        rfm_f=1,
-        rfm_m=1,
-        rfm_score=3,
-        churn_risk=risk,
-        expected_30=e30,
-        expected_90=e90,
-        expected_365=e365,
-    )
-
-
 def test_churn_risk_and_expected_purchases_target_the_latest_full_run(people):
     from analytics.models import AnalyticsRun
 
     old = AnalyticsRun.objects.create(as_of=timezone.localdate(), status="done")
-    _score(old, "ann", risk="churned", e30=0.0, e90=0.1, e365=0.2)
+    _score(old, "ann", churn_risk="churned", expected_30=0.0, expected_90=0.1, expected_365=0.2)
     latest = AnalyticsRun.objects.create(as_of=timezone.localdate(), status="done")
-    _score(latest, "ann", risk="low", e30=1.5, e90=4.2, e365=16.0)
-    _score(latest, "bo", risk="high", e30=0.1, e90=0.4, e365=1.1)
-    _score(latest, "cy", risk="churned")  # one-time buyer, no model: no expected purchases
+    _score(latest, "ann", churn_risk="low", expected_30=1.5, expected_90=4.2, expected_365=16.0)
+    _score(latest, "bo", churn_risk="high", expected_30=0.1, expected_90=0.4, expected_365=1.1)
+    _score(latest, "cy", churn_risk="churned")  # one-time buyer, no model: no expected purchases
 
     assert matching(Condition("churn_risk", value="high,churned")) == {"bo", "cy"}
     assert matching(Condition("churn_risk", value=" low ")) == {"ann"}
