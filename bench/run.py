@@ -11,8 +11,9 @@ What a run does:
    1,000,000 customers (80 % members), and purchase history with ledger entries and lots
    for the members among the first 100,000;
 2. creates an API token with `manage.py create_api_token bench`;
-3. starts gunicorn on loopback (8 gthread workers of one thread each, with keep-alive, by default: see
-   bench/RESULTS.md for why);
+3. starts gunicorn on loopback (8 workers of the production class,
+   loyalty_site.gunicorn_worker.OneThreadWorker: gthread's keep-alive, one thread a process, by
+   default: see bench/RESULTS.md for why);
 4. for each scenario runs bench/loadgen.py in a separate process, in phases:
    - saturation: closed loop, `--concurrency` connections, as fast as the server answers;
    - target (purchases: 1,000/s; customer reads: --read-rate, 200/s), light load (50/s) and
@@ -236,15 +237,24 @@ def free_port() -> int:
 
 
 class Gunicorn:
-    """gunicorn on loopback; `spec` is `sync:5` (5 sync workers) or `gthread:3x4` (3 workers × 4 threads)."""
+    """gunicorn on loopback; `spec` is `sync:5` (5 sync workers), `gthread:3x4` (3 workers × 4 threads)
+    or `onethread:8` (8 workers of loyalty_site.gunicorn_worker.OneThreadWorker, the production class)."""
+
+    CLASSES = {
+        "sync": "sync",
+        "gthread": "gthread",
+        "onethread": "loyalty_site.gunicorn_worker.OneThreadWorker",
+    }
 
     def __init__(self, args, spec: str):
         self.args, self.spec = args, spec
         kind, _, size = spec.partition(":")
-        if kind not in ("sync", "gthread"):
-            raise SystemExit(f"unknown worker spec {spec!r}: use sync:N or gthread:NxT")
+        if kind not in self.CLASSES:
+            raise SystemExit(f"unknown worker spec {spec!r}: use sync:N, gthread:NxT or onethread:N")
         workers, _, threads = size.partition("x")
         self.kind, self.workers, self.threads = kind, int(workers), int(threads or 1)
+        if kind == "onethread" and self.threads != 1:
+            raise SystemExit(f"onethread workers have one thread: {spec!r}")
         self.port = args.port or free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -257,7 +267,7 @@ class Gunicorn:
             "--workers",
             str(self.workers),
             "--worker-class",
-            self.kind,
+            self.CLASSES[self.kind],
             "--backlog",
             "2048",
             "--timeout",
@@ -265,7 +275,7 @@ class Gunicorn:
             "--log-level",
             "warning",
         ]
-        if self.kind == "gthread":
+        if self.kind != "sync":
             cmd += ["--threads", str(self.threads), "--keep-alive", "10"]
         return cmd
 
@@ -743,8 +753,9 @@ def parse_args(argv=None):
     )
     p.add_argument(
         "--workers",
-        default="gthread:8x1",
-        help="gunicorn workers: sync:N or gthread:NxT (gthread:8x1: keep-alive, one thread a process)",
+        default="onethread:8",
+        help="gunicorn workers: sync:N, gthread:NxT or onethread:N (the default, onethread:8: the "
+        "production worker class, gthread's keep-alive served on one thread a process)",
     )
     p.add_argument(
         "--compare-workers",

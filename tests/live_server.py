@@ -39,8 +39,9 @@ class Answer:
 
 
 class LiveServer:
-    def __init__(self, env: dict, log_path: Path):
+    def __init__(self, env: dict, log_path: Path, args: tuple[str, ...] = ()):
         self.port = free_port()
+        self.args = args  # more of gunicorn's options
         self.env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "tests.site.live_settings",
@@ -55,7 +56,7 @@ class LiveServer:
             self.proc = subprocess.Popen(
                 [
                     sys.executable, "-m", "gunicorn", "loyalty_site.wsgi", "--bind", f"127.0.0.1:{self.port}",
-                    "--workers", "1", "--timeout", "60", "--log-level", "warning",
+                    "--workers", "1", "--timeout", "60", "--log-level", "warning", *self.args,
                 ],
                 cwd=ROOT,
                 env=self.env,
