@@ -9,8 +9,9 @@ processes of one thread) serve their own load generator (closed loop, --concurre
 connections, bench/loadgen.py) at once, on the same database (`loyalty_bench`, seeded by
 bench/run.py), so whatever slows the machine slows both. Prints, for each: requests answered
 in the measured window, gunicorn CPU (all its workers) and PostgreSQL CPU (its backends, by
-application_name) a request. Swap --a and --b between runs: the busier server of a pair
-(more requests a wake-up) is favoured a little.
+application_name) a request. Swap --a and --b between runs. The busier server of a pair
+(more requests a wake-up) is favoured: in the seventh round (bench/RESULTS.md) pairs showed
+about twice the saving that saturation runs one after the other did.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ the socket again. This worker answers on the loop's thread instead: the same gun
 parses, calls the application and writes, and the connection goes back to the poller as
 gthread puts it back, with no thread switch in between. Measured with both worker classes
 serving purchases at the same moment (bench/RESULTS.md, seventh round): 2-11 % less gunicorn
-CPU a request, 3-5 fewer context switches and no `futex` calls of the handover.
+CPU a request (such pairs favour the busier server, so somewhat less), 3-5 fewer context
+switches a request and none of the handover's `futex` calls.
 
 What stays as gthread does it: accepting, keep-alive and its timeout, graceful shutdown, the
 arbiter's heartbeat between requests. A new connection waits for its first bytes on the
