@@ -18,6 +18,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def backends_gone(application_name: str, timeout: float = 15) -> None:
+    """Wait until PostgreSQL no longer lists a stopped server's connections (by the
+    application_name its DATABASE_URL set), so that the test database can be dropped at the
+    end of the session."""
+    from django.db import connection
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name = %s",
+                [application_name],
+            )
+            if cursor.fetchone()[0] == 0:
+                return
+        time.sleep(0.1)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -20,22 +20,12 @@ from gunicorn.config import Config
 from loyalty_site.gunicorn_worker import OneThreadWorker
 from rewards.models import Purchase
 from rewards.services import integration_token_create
-from tests.live_server import LiveServer
+from tests.live_server import LiveServer, backends_gone
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 WORKER = ("--worker-class", "loyalty_site.gunicorn_worker.OneThreadWorker", "--threads", "1")
 APP_NAME = "live-worker-test"
-
-
-def live_backends() -> int:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND application_name = %s",
-            [APP_NAME],
-        )
-        return cursor.fetchone()[0]
 
 
 @pytest.fixture
@@ -46,9 +36,7 @@ def server(program, tmp_path):
     live = LiveServer(env, tmp_path / "gunicorn.log", (*WORKER, "--keep-alive", "10"))
     yield live.start()
     live.stop()
-    deadline = time.monotonic() + 15  # the test database is dropped at the end: let its backend go
-    while live_backends() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    backends_gone(APP_NAME)
 
 
 @pytest.fixture

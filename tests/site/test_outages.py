@@ -13,7 +13,6 @@ through a TCP proxy on loopback that the test cuts and restores (tests/tcp_proxy
 from __future__ import annotations
 
 import re
-import time
 from urllib.parse import urlencode, urlsplit
 
 import pytest
@@ -28,7 +27,7 @@ from rewards.ledger_check import ledger_violations
 from rewards.models import CustomerEvent, LedgerEntry, PointsAccount, Purchase, Redemption
 from rewards.services import integration_token_create
 from tests.factories import RewardFactory, campaign_make
-from tests.live_server import LiveServer
+from tests.live_server import LiveServer, backends_gone
 from tests.rewards.test_portal import member_with_login
 from tests.tcp_proxy import TCPProxy
 
@@ -41,16 +40,6 @@ LIVE_APP_NAME = "live-outage-test"
 def database_url(port: int) -> str:
     db = connection.settings_dict
     return f"postgres://{db['USER']}@127.0.0.1:{port}/{db['NAME']}?application_name={LIVE_APP_NAME}"
-
-
-def live_backends() -> int:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND application_name = %s",
-            [LIVE_APP_NAME],
-        )
-        return cursor.fetchone()[0]
 
 
 def purchase(external_id: str, customer: str, amount: str = "100.00") -> dict:
@@ -109,11 +98,7 @@ def server_on(tmp_path):
     yield start
     for server in servers:
         server.stop()
-    # The server's connections end with its process; wait for PostgreSQL to see them go, so
-    # the test database can be dropped at the end of the session.
-    deadline = time.monotonic() + 15
-    while live_backends() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    backends_gone(LIVE_APP_NAME)
 
 
 def password_reset(server: LiveServer, email: str):
