@@ -47,21 +47,11 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def cpu_seconds(pids) -> float:
-    ticks = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rpartition(")")[2].split()
-        except FileNotFoundError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(x) for x in f.read().split()]
+def cpu_seconds(server, backends: list[int]) -> tuple[float, float]:
+    """CPU seconds so far of the server's gunicorn workers and of its PostgreSQL backends."""
+    table = run.proc_table()  # pid -> (comm, ppid, cpu seconds, cmdline)
+    workers = sum(cpu for _comm, ppid, cpu, _cmd in table.values() if ppid == server.proc.pid)
+    return workers, sum(table[pid][2] for pid in backends if pid in table)
 
 
 class Server:
@@ -129,9 +119,9 @@ def main(argv=None) -> None:
                 rows = pg.execute(sql, [server.app])
                 return [pid for (pid,) in rows]
 
-            before = [(cpu_seconds(children(s.proc.pid)), cpu_seconds(backends(s))) for s in servers]
+            before = [cpu_seconds(s, backends(s)) for s in servers]
             results = [json.loads(load.communicate()[0]) for load in loads]
-            after = [(cpu_seconds(children(s.proc.pid)), cpu_seconds(backends(s))) for s in servers]
+            after = [cpu_seconds(s, backends(s)) for s in servers]
     finally:
         for s in servers:
             s.stop()
