@@ -282,6 +282,22 @@ def customer_enroll(
 # --- Purchases and refunds -----------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _PurchaseRequest:
+    """One purchase as purchase_record received it, for the paths that record it."""
+
+    integration: Integration
+    external_id: str
+    customer_ref: str
+    amount: Decimal
+    currency: str
+    occurred_at: dt.datetime
+    lines: list[dict]
+    enroll: bool
+    award_points: bool
+    fingerprint: str
+
+
 @dataclass
 class PurchaseResult:
     purchase: Purchase
@@ -337,24 +353,24 @@ def purchase_record(
             "enroll": bool(enroll),
         }
     )
-    purchase = {
-        "integration": integration,
-        "external_id": external_id,
-        "customer_ref": customer_ref,
-        "amount": rules.money(Decimal(amount)),
-        "currency": currency,
-        "occurred_at": occurred_at,
-        "lines": lines,
-        "enroll": enroll,
-        "award_points": award_points,
-        "fingerprint": fingerprint,
-    }
+    purchase = _PurchaseRequest(
+        integration=integration,
+        external_id=external_id,
+        customer_ref=customer_ref,
+        amount=rules.money(Decimal(amount)),
+        currency=currency,
+        occurred_at=occurred_at,
+        lines=lines,
+        enroll=enroll,
+        award_points=award_points,
+        fingerprint=fingerprint,
+    )
     try:
         if connection.vendor == "postgresql" and connection.get_autocommit():
-            result = _purchase_record_unlocked(**purchase)
+            result = _purchase_record_unlocked(purchase)
             if result is not None:
                 return result
-        return _purchase_record(**purchase)
+        return _purchase_record(purchase)
     except IntegrityError:
         # A concurrent request created the same customer or entry first.
         replay = _purchase_existing(integration, external_id, fingerprint)
@@ -509,34 +525,33 @@ SELECT (SELECT id FROM p)
 """  # noqa: S608 - constants of this module only
 
 
+def _purchase_earn(
+    purchase: _PurchaseRequest, customer: Customer, account: PointsAccount | None, promotions=None
+) -> rules.EarnResult | None:
+    """What the purchase earns under the rules (None: nothing to earn, no account or no award);
+    `promotions` when the caller read them already."""
+    if account is None or not purchase.award_points:
+        return None
+    return rules.purchase_points(
+        amount=purchase.amount,
+        lines=[
+            rules.Line(str(line.get("category") or ""), Decimal(str(line["amount"])))
+            for line in purchase.lines
+        ],
+        ctx=selectors.earn_context_get(
+            customer=customer, tier=account.tier, at=purchase.occurred_at, promotions=promotions
+        ),
+    )
+
+
 def _purchase_write_params(
-    *,
-    integration,
-    external_id,
-    customer,
-    account,
-    promotions,
-    amount,
-    currency,
-    occurred_at,
-    lines,
-    award_points,
-    fingerprint,
+    purchase: _PurchaseRequest, customer: Customer, account: PointsAccount | None, promotions
 ) -> dict:
     """Earn under the rules and return the purchase statements' parameters; moves `account`'s
     balance to what it is after this purchase (while in debt, earnings repay it first, as
-    _credit does). Shared by the locked and the unlocked path."""
-    earn = None
-    if account is not None and award_points:
-        earn = rules.purchase_points(
-            amount=amount,
-            lines=[
-                rules.Line(str(line.get("category") or ""), Decimal(str(line["amount"]))) for line in lines
-            ],
-            ctx=selectors.earn_context_get(
-                customer=customer, tier=account.tier, at=occurred_at, promotions=promotions
-            ),
-        )
+    _credit does). Shared by the locked and the unlocked path and the shopper's (no account)."""
+    earn = _purchase_earn(purchase, customer, account, promotions)
+    occurred_at = purchase.occurred_at
     now = timezone.now()
     points = earn.points if earn else 0
     earned_at = min(occurred_at, now)
@@ -559,21 +574,21 @@ def _purchase_write_params(
                 "quantity": str(Decimal(str(line.get("quantity") or 1))),
                 "amount": str(Decimal(str(line["amount"]))),
             }
-            for line in lines
+            for line in purchase.lines
         ]
     )
     return {
-        "integration": integration.pk,
-        "external_id": external_id,
+        "integration": purchase.integration.pk,
+        "external_id": purchase.external_id,
         "customer": customer.pk,
-        "amount": amount,
-        "currency": currency,
+        "amount": purchase.amount,
+        "currency": purchase.currency,
         "occurred_at": occurred_at,
         "points": points,
         # Member when the shop's system reported it: a member who joins at the till
         # earns on the basket they are paying for, even if it was rung up a minute before.
         "was_member": customer.is_member,
-        "hash": fingerprint,
+        "hash": purchase.fingerprint,
         "balance_after": account.balance if account else None,
         "explanation": json.dumps(explanation),
         "explanation_list": explanation,
@@ -591,11 +606,11 @@ def _purchase_write_params(
     }
 
 
-def _purchase_built(params: dict, purchase_id: int, integration, customer) -> Purchase:
+def _purchase_built(params: dict, purchase_id: int, purchase: _PurchaseRequest, customer) -> Purchase:
     """The Purchase a write statement recorded, from its parameters (no read back)."""
     return Purchase(
         pk=purchase_id,
-        integration=integration,
+        integration=purchase.integration,
         external_id=params["external_id"],
         customer=customer,
         amount=params["amount"],
@@ -615,19 +630,7 @@ def _purchase_built(params: dict, purchase_id: int, integration, customer) -> Pu
 _UNLOCKED_ATTEMPTS = 3
 
 
-def _purchase_record_unlocked(
-    *,
-    integration,
-    external_id,
-    customer_ref,
-    amount,
-    currency,
-    occurred_at,
-    lines,
-    enroll,
-    award_points,
-    fingerprint,
-) -> PurchaseResult | None:
+def _purchase_record_unlocked(purchase: _PurchaseRequest) -> PurchaseResult | None:
     """A known customer's purchase in two statements and no transaction around them, or None
     for the locked path (_purchase_record): a new customer, an enrolment, a referred member
     (whose first purchase may owe referral bonuses), a member without an account, or an
@@ -644,6 +647,7 @@ def _purchase_record_unlocked(
     deferred foreign keys and commits at its end. Against the locked path this saves the BEGIN
     and COMMIT round trips and the row lock's own write (bench/RESULTS.md, sixth round).
     Only outside a transaction: inside one, a failed statement would abort the caller's."""
+    occurred_at = purchase.occurred_at
     for _attempt in range(_UNLOCKED_ATTEMPTS):
         now = timezone.now()
         as_of = max(occurred_at, now)
@@ -651,12 +655,12 @@ def _purchase_record_unlocked(
             cursor.execute(
                 _PURCHASE_READ_SQL,
                 {
-                    "ref": customer_ref,
+                    "ref": purchase.customer_ref,
                     "at": occurred_at,
                     "spend_from": as_of - dt.timedelta(days=365),
                     "as_of": as_of,
-                    "integration": integration.pk,
-                    "external_id": external_id,
+                    "integration": purchase.integration.pk,
+                    "external_id": purchase.external_id,
                 },
             )
             row = cursor.fetchone()
@@ -667,39 +671,20 @@ def _purchase_record_unlocked(
             len(_CUSTOMER_FIELDS) :
         ]
         if recorded:
-            return _purchase_existing(integration, external_id, fingerprint)
+            return _purchase_existing(purchase.integration, purchase.external_id, purchase.fingerprint)
         if not customer.is_member:
-            if enroll:
+            if purchase.enroll:
                 return None
-            return _shopper_purchase_write(
-                integration=integration,
-                external_id=external_id,
-                customer=customer,
-                amount=amount,
-                currency=currency,
-                occurred_at=occurred_at,
-                lines=lines,
-                fingerprint=fingerprint,
-            )
+            return _shopper_purchase_write(purchase, customer)
         if account_id is None or (customer.referred_by_id is not None and _referral_bonuses_on()):
             return None
         account = _account_from_row(customer.pk, balance, tier_id)
-        params = _purchase_write_params(
-            integration=integration,
-            external_id=external_id,
-            customer=customer,
-            account=account,
-            promotions=_promotions(promotions),
-            amount=amount,
-            currency=currency,
-            occurred_at=occurred_at,
-            lines=lines,
-            award_points=award_points,
-            fingerprint=fingerprint,
-        )
+        params = _purchase_write_params(purchase, customer, account, _promotions(promotions))
         # The statement's spend was read for this very `as_of` only if the clock did not move
         # past a purchase's boundary in between: both use the read's window.
-        spend = spend_before + (amount if occurred_at > as_of - dt.timedelta(days=365) else Decimal("0"))
+        spend = spend_before + (
+            purchase.amount if occurred_at > as_of - dt.timedelta(days=365) else Decimal("0")
+        )
         tier_up = _tier_upgrade_target(account, spend)
         params["tier_up"] = tier_up.pk if tier_up else None
         params["version"] = version
@@ -710,100 +695,52 @@ def _purchase_record_unlocked(
             continue  # the account moved since the read: nothing was written
         if tier_up is not None:
             account.tier = tier_up
-        return PurchaseResult(_purchase_built(params, purchase_id, integration, customer), True)
+        return PurchaseResult(_purchase_built(params, purchase_id, purchase, customer), True)
     return None
 
 
-def _shopper_purchase_write(
-    *, integration, external_id, customer, amount, currency, occurred_at, lines, fingerprint
-) -> PurchaseResult:
+def _shopper_purchase_write(purchase: _PurchaseRequest, customer: Customer) -> PurchaseResult:
     """A shopper's (non-member's) purchase: recorded for analytics, no account, no points."""
-    params = _purchase_write_params(
-        integration=integration,
-        external_id=external_id,
-        customer=customer,
-        account=None,
-        promotions=[],
-        amount=amount,
-        currency=currency,
-        occurred_at=occurred_at,
-        lines=lines,
-        award_points=False,
-        fingerprint=fingerprint,
-    )
+    params = _purchase_write_params(purchase, customer, None, [])
     with prepared_cursor() as cursor:
         cursor.execute(_PURCHASE_WRITE_SQL, params)
         purchase_id, _entry_id, _spend = cursor.fetchone()
     if purchase_id is None:
         # A twin was recorded first (a retry, or the same request sent twice at once).
-        return _purchase_replay(integration, external_id, fingerprint)
-    return PurchaseResult(_purchase_built(params, purchase_id, integration, customer), True)
+        return _purchase_replay(purchase)
+    return PurchaseResult(_purchase_built(params, purchase_id, purchase, customer), True)
 
 
-def _purchase_replay(integration, external_id, fingerprint) -> PurchaseResult:
-    replay = _purchase_existing(integration, external_id, fingerprint)
+def _purchase_replay(purchase: _PurchaseRequest) -> PurchaseResult:
+    replay = _purchase_existing(purchase.integration, purchase.external_id, purchase.fingerprint)
     if replay is None:  # cannot happen: the conflict was on this very key
-        raise Conflict(f"Purchase {external_id!r} could not be recorded.", code="idempotency_conflict")
+        raise Conflict(
+            f"Purchase {purchase.external_id!r} could not be recorded.", code="idempotency_conflict"
+        )
     return replay
 
 
 @transaction.atomic
-def _purchase_record(
-    *,
-    integration,
-    external_id,
-    customer_ref,
-    amount,
-    currency,
-    occurred_at,
-    lines,
-    enroll,
-    award_points,
-    fingerprint,
-):
+def _purchase_record(purchase: _PurchaseRequest) -> PurchaseResult:
     """The locked path: the member's account row locked for the whole transaction (new
     customers, enrolments, referral bonuses, calls inside a caller's transaction, and the
     unlocked path's last resort)."""
     if connection.vendor != "postgresql":
         # The demo's SQLite: the same purchase through the ORM (the statements below are PostgreSQL's).
-        return _purchase_record_portable(
-            integration=integration,
-            external_id=external_id,
-            customer_ref=customer_ref,
-            amount=amount,
-            currency=currency,
-            occurred_at=occurred_at,
-            lines=lines,
-            enroll=enroll,
-            award_points=award_points,
-            fingerprint=fingerprint,
-        )
+        return _purchase_record_portable(purchase)
+    occurred_at = purchase.occurred_at
     # Twins of a member's purchase wait at the account lock; the insert below then finds the
     # first one's row.
-    member = _member_lock_by_ref(customer_ref, at=occurred_at)
+    member = _member_lock_by_ref(purchase.customer_ref, at=occurred_at)
     if member is not None and member[0].is_member:
         customer, account, promotions = member
     else:
-        customer, _created = customer_get_or_create(external_ref=customer_ref)
-        if enroll and not customer.is_member:
-            customer, _ = customer_enroll(customer=customer, at=min(occurred_at, timezone.now()))
+        customer = _purchase_customer(purchase)
         account, promotions = (None, [])
         if customer.is_member:
             account, promotions = _member_lock(customer.pk, at=occurred_at)
     balance_before = account.balance if account else None
-    params = _purchase_write_params(
-        integration=integration,
-        external_id=external_id,
-        customer=customer,
-        account=account,
-        promotions=promotions,
-        amount=amount,
-        currency=currency,
-        occurred_at=occurred_at,
-        lines=lines,
-        award_points=award_points,
-        fingerprint=fingerprint,
-    )
+    params = _purchase_write_params(purchase, customer, account, promotions)
     with prepared_cursor() as cursor:
         cursor.execute(_PURCHASE_WRITE_SQL, params)
         purchase_id, _entry_id, spend_before = cursor.fetchone()
@@ -811,61 +748,48 @@ def _purchase_record(
         # A twin was recorded first (a retry, or the same request sent twice at once).
         if account is not None:
             account.balance = balance_before
-        return _purchase_replay(integration, external_id, fingerprint)
-    purchase = _purchase_built(params, purchase_id, integration, customer)
+        return _purchase_replay(purchase)
+    recorded = _purchase_built(params, purchase_id, purchase, customer)
     if account is None:
-        return PurchaseResult(purchase, True)
+        return PurchaseResult(recorded, True)
     # The statement's snapshot did not include the purchase it inserted.
-    spend = spend_before + (amount if occurred_at > params["spend_from"] else Decimal("0"))
+    spend = spend_before + (purchase.amount if occurred_at > params["spend_from"] else Decimal("0"))
     _tier_upgrade_check(account, customer, as_of=params["as_of"], spend=spend)
-    if _referral_bonus_check(account, customer, purchase=purchase):
-        purchase.balance_after = account.balance
-        Purchase.objects.filter(pk=purchase.pk).update(balance_after=account.balance)
-    return PurchaseResult(purchase, True)
+    if _referral_bonus_check(account, customer, purchase=recorded):
+        recorded.balance_after = account.balance
+        Purchase.objects.filter(pk=recorded.pk).update(balance_after=account.balance)
+    return PurchaseResult(recorded, True)
 
 
-def _purchase_record_portable(
-    *,
-    integration,
-    external_id,
-    customer_ref,
-    amount,
-    currency,
-    occurred_at,
-    lines,
-    enroll,
-    award_points,
-    fingerprint,
-):
+def _purchase_customer(purchase: _PurchaseRequest) -> Customer:
+    """The purchase's customer, created as a shopper if new and enrolled if the request asks."""
+    customer, _created = customer_get_or_create(external_ref=purchase.customer_ref)
+    if purchase.enroll and not customer.is_member:
+        customer, _ = customer_enroll(customer=customer, at=min(purchase.occurred_at, timezone.now()))
+    return customer
+
+
+def _purchase_record_portable(purchase: _PurchaseRequest) -> PurchaseResult:
     """_purchase_record through the ORM, for databases other than PostgreSQL (the demo's SQLite,
     where one writer at a time holds the database): the same rows, entries, lots and answers."""
-    customer, _created = customer_get_or_create(external_ref=customer_ref)
-    if enroll and not customer.is_member:
-        customer, _ = customer_enroll(customer=customer, at=min(occurred_at, timezone.now()))
+    customer = _purchase_customer(purchase)
+    occurred_at, lines = purchase.occurred_at, purchase.lines
     account = None
     if customer.is_member:
         account = _account_lock(customer.pk)
-        replay = _purchase_existing(integration, external_id, fingerprint)
+        replay = _purchase_existing(purchase.integration, purchase.external_id, purchase.fingerprint)
         if replay:
             return replay
-    earn = None
-    if account is not None and award_points:
-        earn = rules.purchase_points(
-            amount=amount,
-            lines=[
-                rules.Line(str(line.get("category") or ""), Decimal(str(line["amount"]))) for line in lines
-            ],
-            ctx=selectors.earn_context_get(customer=customer, tier=account.tier, at=occurred_at),
-        )
-    purchase = Purchase.objects.create(
-        integration=integration,
-        external_id=external_id,
+    earn = _purchase_earn(purchase, customer, account)
+    recorded = Purchase.objects.create(
+        integration=purchase.integration,
+        external_id=purchase.external_id,
         customer=customer,
-        amount=amount,
-        currency=currency,
+        amount=purchase.amount,
+        currency=purchase.currency,
         occurred_at=occurred_at,
         was_member=customer.is_member,
-        request_hash=fingerprint,
+        request_hash=purchase.fingerprint,
         points_earned=earn.points if earn else 0,
         explanation=earn.explanation if earn else [],
         balance_after=account.balance if account else None,
@@ -873,7 +797,7 @@ def _purchase_record_portable(
     if lines:
         PurchaseLine.objects.bulk_create(
             PurchaseLine(
-                purchase=purchase,
+                purchase=recorded,
                 sku=str(line.get("sku") or "")[:64],
                 category=str(line.get("category") or "")[:64],
                 quantity=Decimal(str(line.get("quantity") or 1)),
@@ -882,23 +806,23 @@ def _purchase_record_portable(
             for line in lines
         )
     if account is None:
-        return PurchaseResult(purchase, True)
+        return PurchaseResult(recorded, True)
     now = timezone.now()
     if earn and earn.points > 0:
         _credit(
             account,
             kind=Kind.EARN,
             points=earn.points,
-            key=f"purchase:{purchase.pk}:earn",
+            key=f"purchase:{recorded.pk}:earn",
             explanation=earn.explanation,
             at=min(occurred_at, now),
-            purchase=purchase,
+            purchase=recorded,
         )
     _tier_upgrade_check(account, customer, as_of=max(occurred_at, now))
-    _referral_bonus_check(account, customer, purchase=purchase)
-    purchase.balance_after = account.balance
-    Purchase.objects.filter(pk=purchase.pk).update(balance_after=account.balance)
-    return PurchaseResult(purchase, True)
+    _referral_bonus_check(account, customer, purchase=recorded)
+    recorded.balance_after = account.balance
+    Purchase.objects.filter(pk=recorded.pk).update(balance_after=account.balance)
+    return PurchaseResult(recorded, True)
 
 
 _TIER_UPGRADE_SQL = (
