@@ -689,18 +689,21 @@ def model_fits_table(s: Snapshot, params: QueryDict) -> Table:
 @table("satisfaction-month")
 def satisfaction_table(s: Snapshot, params: QueryDict) -> Table:
     nps, csat = s.by_start("nps", "month"), s.by_start("csat", "month")
+    answered = [*nps.values(), *csat.values()]
     rows = []
-    for start in sorted(set(nps) | set(csat)):
+    # Every month from the first answer on: a month without answers is a row of none.
+    for month in _periods_filled(s, list({m.period_start: m for m in answered}.values()), "month"):
+        start = month.period_start
         n, c = nps.get(start), csat.get(start)
         rows.append(
             {
                 "period": start.strftime("%Y-%m"),
-                "complete": (n or c).complete,
-                "nps_answers": n.denominator if n else None,
+                "complete": month.complete,
+                "nps_answers": n.denominator if n else 0,
                 "promoters": n.extra.get("promoters") if n else None,
                 "detractors": n.extra.get("detractors") if n else None,
                 "nps": _value_of(n),
-                "csat_answers": c.denominator if c else None,
+                "csat_answers": c.denominator if c else 0,
                 "csat": _value_of(c),
                 "csat_mean": c.extra.get("mean") if c else None,
             }
@@ -1346,10 +1349,32 @@ def _no_run(request, page: str):
 
 
 def _series(s: Snapshot, metric: str, period: str = "month", segment: str = "all", scale: float = 1.0):
+    """(label, value, complete) for every period from the metric's first to the run's last: a
+    period the metric has no row for (a month without survey answers, say) is a gap, not
+    left out, so the bars stand on an even time axis."""
     return [
         (_period_label(m), None if m.value is None else m.value * scale, m.complete)
-        for m in s.series(metric, period, segment)
+        for m in _periods_filled(s, s.series(metric, period, segment), period)
     ]
+
+
+def _periods_filled(s: Snapshot, values: list[MetricValue], period: str) -> list[MetricValue]:
+    """`values` (of one kind of period) with a valueless MetricValue put in for each of the
+    run's periods from the first of them on that has no value of its own."""
+    if not values or any(m.period_start is None for m in values):
+        return values
+    by_start = {m.period_start: m for m in values}
+    first = min(by_start)
+    filled = [
+        by_start.pop(p.period_start, None)
+        or MetricValue(
+            period=period, period_start=p.period_start, period_end=p.period_end, complete=p.complete
+        )
+        for p in s.periods(period)
+        if p.period_start >= first
+    ]
+    # Periods the run's own list lacks (none expected) keep their place in time.
+    return sorted([*filled, *by_start.values()], key=lambda m: m.period_start)
 
 
 def _bar(s: Snapshot, title: str, metric: str, *, unit: str = "", places: int = 0, **kwargs) -> dict:

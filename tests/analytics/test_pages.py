@@ -137,6 +137,28 @@ def test_overview_shows_the_snapshot_figures_with_its_date_and_parameters(staff_
     assert "Ann Lund" in text and "Bo Holm" in text
 
 
+def test_months_without_survey_answers_are_gaps_on_an_even_time_axis(staff_client, shop):
+    # NPS answers in December and February only; CSAT answers in March only (the fixture's).
+    nps = Survey.objects.get(kind="nps")
+    eva = CustomerFactory(external_ref="eva", first_name="Eva", last_name="Dahl")
+    SurveyResponse.objects.create(survey=nps, customer=eva, score=10, answered_at=local(D(2025, 12, 10)))
+    run = services.analytics_refresh(as_of=AS_OF, bootstrap=50)
+    snapshot = views.Snapshot(run)
+    assert [(label, value) for label, value, _ in views._series(snapshot, "nps")] == [
+        ("2025-12", 100.0),
+        ("2026-01", None),  # no answers: a gap, not left out
+        ("2026-02", 25.0),
+        ("2026-03", None),
+    ]
+    assert [label for label, _, _ in views._series(snapshot, "csat")] == ["2026-03"]
+    html = html_of(staff_client.get(reverse("analytics-overview")))
+    assert "<title>2026-01: –</title>" in html  # the NPS chart's bar for January
+    text = text_of(html)
+    # The table: every month from the first answer on, none in January.
+    assert "2025-12 1 1 0 100.0" in text
+    assert "2026-01 0 0 " in text
+
+
 def test_overview_switches_retention_to_quarters_and_years(staff_client, run):
     text = text_of(html_of(staff_client.get(reverse("analytics-overview"), {"period": "quarter"})))
     assert "Retention and churn by quarter" in text and "2026 Q1" in text
