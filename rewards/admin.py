@@ -299,33 +299,42 @@ class RedemptionAdmin(admin.ModelAdmin):
     def has_mark_used_permission(self, request):
         return request.user.has_perm(roles.MARK_REDEMPTION_USED)
 
-    @admin.action(description=_("Cancel selected vouchers (points returned)"), permissions=["cancel"])
-    def cancel_vouchers(self, request, queryset):
-        # The admin offers the action only with the permission; a forged POST meets this.
-        if not self.has_cancel_permission(request):
-            raise PermissionDenied
+    def _each_voucher(self, request, queryset, action, change) -> int:
+        """Apply `change` to each selected redemption in its own transaction, with an audit entry
+        where it changed the state; a voucher the service refuses gets its message and the
+        others go on. Returns how many were changed or already so."""
         done = 0
         for redemption in queryset.order_by("pk"):
             try:
                 with transaction.atomic():
                     before = snapshot(redemption)
-                    cancelled = services.redemption_cancel(
-                        redemption_id=redemption.pk,
-                        reason=gettext("Cancelled by staff (%(user)s)")
-                        % {"user": request.user.get_username()},
-                    )
-                    if before["state"] != cancelled.state:
+                    changed = change(redemption)
+                    if before["state"] != changed.state:
                         audit_record(
                             user=request.user,
-                            action=Action.CANCEL_REDEMPTION,
-                            obj=cancelled,
+                            action=action,
+                            obj=changed,
                             before=before,
-                            after=snapshot(cancelled),
+                            after=snapshot(changed),
                         )
             except DomainError as error:
                 self.message_user(request, f"{redemption.voucher_code}: {error.message}", messages.ERROR)
             else:
                 done += 1
+        return done
+
+    @admin.action(description=_("Cancel selected vouchers (points returned)"), permissions=["cancel"])
+    def cancel_vouchers(self, request, queryset):
+        # The admin offers the action only with the permission; a forged POST meets this.
+        if not self.has_cancel_permission(request):
+            raise PermissionDenied
+        reason = gettext("Cancelled by staff (%(user)s)") % {"user": request.user.get_username()}
+        done = self._each_voucher(
+            request,
+            queryset,
+            Action.CANCEL_REDEMPTION,
+            lambda redemption: services.redemption_cancel(redemption_id=redemption.pk, reason=reason),
+        )
         if done:
             self.message_user(
                 request,
@@ -342,23 +351,12 @@ class RedemptionAdmin(admin.ModelAdmin):
     def mark_used(self, request, queryset):
         if not self.has_mark_used_permission(request):
             raise PermissionDenied
-        done = 0
-        for redemption in queryset.order_by("pk"):
-            try:
-                with transaction.atomic():
-                    before = snapshot(redemption)
-                    used = services.voucher_use(code=redemption.voucher_code)
-                    audit_record(
-                        user=request.user,
-                        action=Action.MARK_USED,
-                        obj=used,
-                        before=before,
-                        after=snapshot(used),
-                    )
-            except DomainError as error:
-                self.message_user(request, f"{redemption.voucher_code}: {error.message}", messages.ERROR)
-            else:
-                done += 1
+        done = self._each_voucher(
+            request,
+            queryset,
+            Action.MARK_USED,
+            lambda redemption: services.voucher_use(code=redemption.voucher_code),
+        )
         if done:
             self.message_user(
                 request,

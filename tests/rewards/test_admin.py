@@ -17,7 +17,7 @@ from django.urls import reverse
 from django.utils import timezone
 from PIL import Image
 
-from accounts.models import Customer
+from accounts.models import AuditEntry, Customer
 from rewards import rules, services
 from rewards.models import (
     CustomerEvent,
@@ -291,6 +291,17 @@ def test_cancel_action_returns_the_points_and_mark_used_uses_the_voucher(admin_c
     assert cancel.state == Redemption.State.CANCELLED and use.state == Redemption.State.USED
     assert balance(member) == 30
     assert "cannot be cancelled" in response.content.decode()
+    # Each change is audited with the state before and after; the refused one is not.
+    audited = {
+        (entry.action, entry.object_id, entry.before["state"], entry.after["state"])
+        for entry in AuditEntry.objects.filter(
+            action__in=[AuditEntry.Action.CANCEL_REDEMPTION, AuditEntry.Action.MARK_USED]
+        )
+    }
+    assert audited == {
+        (AuditEntry.Action.CANCEL_REDEMPTION, str(cancel.pk), "issued", "cancelled"),
+        (AuditEntry.Action.MARK_USED, str(use.pk), "issued", "used"),
+    }
 
 
 # --- Customers -----------------------------------------------------------------------------
