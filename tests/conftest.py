@@ -4,6 +4,7 @@ PostgreSQL (DATABASE_URL) and Redis (REDIS_URL), a real Celery worker.
 
 import hashlib
 import socket
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -217,6 +218,17 @@ def _own_rate_limit_counts(settings, request):
     from rewards.api import _rate_leases
 
     _rate_leases.clear()  # requests leased from another test's count
+
+
+@pytest.fixture
+def rate_limit_hour_ahead():
+    """The rate limits count in fixed windows of an hour (accounts.security.rate_limit_hit):
+    a test that counts up to a limit and then expects a refusal would see the count start
+    afresh if the hour turned in between. Near the end of an hour this waits for the next
+    one to begin, so the test has at least a minute of the same window."""
+    left = 3600 - time.time() % 3600
+    if left < 60:
+        time.sleep(left + 0.1)
 
 
 @pytest.fixture(autouse=True)

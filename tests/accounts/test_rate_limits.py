@@ -19,6 +19,9 @@ from accounts.views import (
 )
 from tests.rewards.test_portal import member_with_login, signup_data
 
+# Each test counts up to an hourly limit and expects the next attempt refused.
+pytestmark = pytest.mark.usefixtures("rate_limit_hour_ahead")
+
 
 @pytest.fixture
 def anna(program):
