@@ -689,10 +689,9 @@ def model_fits_table(s: Snapshot, params: QueryDict) -> Table:
 @table("satisfaction-month")
 def satisfaction_table(s: Snapshot, params: QueryDict) -> Table:
     nps, csat = s.by_start("nps", "month"), s.by_start("csat", "month")
-    answered = [*nps.values(), *csat.values()]
     rows = []
     # Every month from the first answer on: a month without answers is a row of none.
-    for month in _periods_filled(s, list({m.period_start: m for m in answered}.values()), "month"):
+    for month in _periods_filled(s, [*nps.values(), *csat.values()], "month"):
         start = month.period_start
         n, c = nps.get(start), csat.get(start)
         rows.append(
@@ -1359,8 +1358,9 @@ def _series(s: Snapshot, metric: str, period: str = "month", segment: str = "all
 
 
 def _periods_filled(s: Snapshot, values: list[MetricValue], period: str) -> list[MetricValue]:
-    """`values` (of one kind of period) with a valueless MetricValue put in for each of the
-    run's periods from the first of them on that has no value of its own."""
+    """`values` (of one kind of period; one per period start, the last of several) with a
+    valueless MetricValue put in for each of the run's periods from the first of them on that
+    has no value of its own."""
     if not values or any(m.period_start is None for m in values):
         return values
     by_start = {m.period_start: m for m in values}
