@@ -648,10 +648,12 @@ def _purchase_record_unlocked(purchase: _PurchaseRequest) -> PurchaseResult | No
     and COMMIT round trips and the row lock's own write (bench/RESULTS.md, sixth round).
     Only outside a transaction: inside one, a failed statement would abort the caller's."""
     occurred_at = purchase.occurred_at
-    for _attempt in range(_UNLOCKED_ATTEMPTS):
-        now = timezone.now()
-        as_of = max(occurred_at, now)
-        with prepared_cursor() as cursor:
+    # One cursor for the read and the write (and the reads again): creating one is a few per
+    # cent of the purchase's Python.
+    with prepared_cursor() as cursor:
+        for _attempt in range(_UNLOCKED_ATTEMPTS):
+            now = timezone.now()
+            as_of = max(occurred_at, now)
             cursor.execute(
                 _PURCHASE_READ_SQL,
                 {
@@ -664,47 +666,46 @@ def _purchase_record_unlocked(purchase: _PurchaseRequest) -> PurchaseResult | No
                 },
             )
             row = cursor.fetchone()
-        if row is None:
-            return None
-        customer = _customer_from_row(row)
-        account_id, balance, tier_id, version, promotions, spend_before, recorded = row[
-            len(_CUSTOMER_FIELDS) :
-        ]
-        if recorded:
-            return _purchase_existing(purchase.integration, purchase.external_id, purchase.fingerprint)
-        if not customer.is_member:
-            if purchase.enroll:
+            if row is None:
                 return None
-            return _shopper_purchase_write(purchase, customer)
-        if account_id is None or (customer.referred_by_id is not None and _referral_bonuses_on()):
-            return None
-        account = _account_from_row(customer.pk, balance, tier_id)
-        params = _purchase_write_params(purchase, customer, account, _promotions(promotions))
-        # The statement's spend was read for this very `as_of` only if the clock did not move
-        # past a purchase's boundary in between: both use the read's window.
-        spend = spend_before + (
-            purchase.amount if occurred_at > as_of - dt.timedelta(days=365) else Decimal("0")
-        )
-        tier_up = _tier_upgrade_target(account, spend)
-        params["tier_up"] = tier_up.pk if tier_up else None
-        params["version"] = version
-        with prepared_cursor() as cursor:
+            customer = _customer_from_row(row)
+            account_id, balance, tier_id, version, promotions, spend_before, recorded = row[
+                len(_CUSTOMER_FIELDS) :
+            ]
+            if recorded:
+                return _purchase_existing(purchase.integration, purchase.external_id, purchase.fingerprint)
+            if not customer.is_member:
+                if purchase.enroll:
+                    return None
+                return _shopper_purchase_write(purchase, customer, cursor)
+            if account_id is None or (customer.referred_by_id is not None and _referral_bonuses_on()):
+                return None
+            account = _account_from_row(customer.pk, balance, tier_id)
+            params = _purchase_write_params(purchase, customer, account, _promotions(promotions))
+            # The statement's spend was read for this very `as_of` only if the clock did not move
+            # past a purchase's boundary in between: both use the read's window.
+            spend = spend_before + (
+                purchase.amount if occurred_at > as_of - dt.timedelta(days=365) else Decimal("0")
+            )
+            tier_up = _tier_upgrade_target(account, spend)
+            params["tier_up"] = tier_up.pk if tier_up else None
+            params["version"] = version
             cursor.execute(_MEMBER_PURCHASE_WRITE_SQL, params)
             (purchase_id,) = cursor.fetchone()
-        if purchase_id is None:
-            continue  # the account moved since the read: nothing was written
-        if tier_up is not None:
-            account.tier = tier_up
-        return PurchaseResult(_purchase_built(params, purchase_id, purchase, customer), True)
+            if purchase_id is None:
+                continue  # the account moved since the read: nothing was written
+            if tier_up is not None:
+                account.tier = tier_up
+            return PurchaseResult(_purchase_built(params, purchase_id, purchase, customer), True)
     return None
 
 
-def _shopper_purchase_write(purchase: _PurchaseRequest, customer: Customer) -> PurchaseResult:
-    """A shopper's (non-member's) purchase: recorded for analytics, no account, no points."""
+def _shopper_purchase_write(purchase: _PurchaseRequest, customer: Customer, cursor) -> PurchaseResult:
+    """A shopper's (non-member's) purchase: recorded for analytics, no account, no points
+    (`cursor`: the unlocked path's prepared_cursor)."""
     params = _purchase_write_params(purchase, customer, None, [])
-    with prepared_cursor() as cursor:
-        cursor.execute(_PURCHASE_WRITE_SQL, params)
-        purchase_id, _entry_id, _spend = cursor.fetchone()
+    cursor.execute(_PURCHASE_WRITE_SQL, params)
+    purchase_id, _entry_id, _spend = cursor.fetchone()
     if purchase_id is None:
         # A twin was recorded first (a retry, or the same request sent twice at once).
         return _purchase_replay(purchase)
