@@ -70,7 +70,8 @@ class TCPProxy:
     def close(self) -> None:
         self._closed = True
         self.cut()
-        self.listener.close()
+        # shutdown() wakes the accept loop's thread (a bare close() leaves it blocked in accept()).
+        _close(self.listener)
 
     # --- plumbing ----------------------------------------------------------------------
 
