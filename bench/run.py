@@ -11,7 +11,7 @@ What a run does:
    1,000,000 customers (80 % members), and purchase history with ledger entries and lots
    for the members among the first 100,000;
 2. creates an API token with `manage.py create_api_token bench`;
-3. starts gunicorn on loopback (8 workers of the production class,
+3. starts gunicorn on loopback (two workers a core of the production class,
    loyalty_site.gunicorn_worker.OneThreadWorker: gthread's keep-alive, one thread a process, by
    default: see bench/RESULTS.md for why);
 4. for each scenario runs bench/loadgen.py in a separate process, in phases:
@@ -457,6 +457,19 @@ def cpu_snapshot():
     return (busy, total, time.monotonic()), proc_table()
 
 
+def cpu_snapshot_through(seconds: float, every: float = 1.0):
+    """cpu_snapshot() after `seconds`, looking at the processes every second on the way: a process
+    that exits meanwhile (a database connection closed at CONN_MAX_AGE, its successor opened) keeps
+    the CPU it had when last seen, instead of leaving it to "everything else"."""
+    seen: dict = {}
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(every, left))
+        seen.update(proc_table())
+    (machine, procs) = cpu_snapshot()
+    return machine, {**seen, **procs}
+
+
 # --- Load phases ----------------------------------------------------------------------
 
 
@@ -501,8 +514,7 @@ def phase_run(args, gunicorn: Gunicorn, token: str, scenario: str, mode: str, **
     before = cpu_snapshot()
     if args.profile and mode == "closed":
         profiler = profile_start(args, gunicorn, scenario, duration)
-    time.sleep(duration)
-    after = cpu_snapshot()
+    after = cpu_snapshot_through(duration)
     stdout, _ = loadgen.communicate(timeout=duration + 120)
     if loadgen.returncode != 0:
         raise SystemExit(f"load generator failed ({loadgen.returncode})")
@@ -788,9 +800,10 @@ def parse_args(argv=None):
     )
     p.add_argument(
         "--workers",
-        default="onethread:8",
-        help="gunicorn workers: sync:N, gthread:NxT or onethread:N (the default, onethread:8: the "
-        "production worker class, gthread's keep-alive served on one thread a process)",
+        default=f"onethread:{2 * (os.cpu_count() or 1)}",
+        help="gunicorn workers: sync:N, gthread:NxT or onethread:N (the default, onethread with two "
+        "workers a core as in the README's production line: the production worker class, gthread's "
+        "keep-alive served on one thread a process)",
     )
     p.add_argument(
         "--compare-workers",
