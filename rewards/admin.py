@@ -305,22 +305,25 @@ class RedemptionAdmin(admin.ModelAdmin):
         others go on. Returns how many were changed or already so."""
         done = 0
         for redemption in queryset.order_by("pk"):
-            try:
-                with transaction.atomic():
-                    before = snapshot(redemption)
+            with transaction.atomic():
+                before = snapshot(redemption)
+                try:
                     changed = change(redemption)
-                    if before["state"] != changed.state:
-                        audit_record(
-                            user=request.user,
-                            action=action,
-                            obj=changed,
-                            before=before,
-                            after=snapshot(changed),
-                        )
-            except DomainError as error:
-                self.message_user(request, f"{redemption.voucher_code}: {error.message}", messages.ERROR)
-            else:
-                done += 1
+                except DomainError as error:
+                    # Caught inside the transaction: the service undid its own writes, but what
+                    # it recorded before refusing stays (a voucher past its validity is expired,
+                    # as the nightly job would have, and the job writes no audit entry either).
+                    self.message_user(request, f"{redemption.voucher_code}: {error.message}", messages.ERROR)
+                    continue
+                if before["state"] != changed.state:
+                    audit_record(
+                        user=request.user,
+                        action=action,
+                        obj=changed,
+                        before=before,
+                        after=snapshot(changed),
+                    )
+            done += 1
         return done
 
     @admin.action(description=_("Cancel selected vouchers (points returned)"), permissions=["cancel"])

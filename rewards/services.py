@@ -1248,29 +1248,41 @@ def voucher_gift(*, customer: Customer, reward_id: int, key: str) -> Redemption 
     return redemption
 
 
-@transaction.atomic
-def redemption_cancel(*, redemption_id: int, reason: str = "", customer_id: int | None = None) -> Redemption:
+def redemption_cancel(
+    *, redemption_id: int, reason: str = "", customer_id: int | None = None, now: dt.datetime | None = None
+) -> Redemption:
     """Cancel an issued voucher and return its points (a reversal entry and a new lot
-    that expires when the latest of the spent lots would have). Idempotent."""
-    redemption = Redemption.objects.filter(pk=redemption_id).first()
-    if redemption is None or (customer_id is not None and redemption.customer_id != customer_id):
-        raise NotFound("No such redemption.")
-    account = _account_lock(redemption.customer_id)
-    redemption = (
-        Redemption.objects.select_for_update(of=("self",)).select_related("reward").get(pk=redemption_id)
-    )
-    if redemption.state == Redemption.State.CANCELLED:
-        return redemption
-    if redemption.state != Redemption.State.ISSUED:
-        raise Conflict(
-            f"A {redemption.get_state_display()} voucher cannot be cancelled.", code="not_cancellable"
+    that expires when the latest of the spent lots would have). Idempotent.
+
+    A voucher past its validity is expired, as vouchers_expire would have done before this
+    call (no points back), and refused as any expired voucher is; the expiry is committed
+    before the refusal is raised, so it stays."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        redemption = Redemption.objects.filter(pk=redemption_id).first()
+        if redemption is None or (customer_id is not None and redemption.customer_id != customer_id):
+            raise NotFound("No such redemption.")
+        account = _account_lock(redemption.customer_id)
+        redemption = (
+            Redemption.objects.select_for_update(of=("self",)).select_related("reward").get(pk=redemption_id)
         )
+        _voucher_expire_if_due(redemption, now=now)
+        if redemption.state == Redemption.State.CANCELLED:
+            return redemption
+        if redemption.state == Redemption.State.ISSUED:
+            return _redemption_cancel_issued(account, redemption, reason=reason, now=now)
+    raise Conflict(f"A {redemption.get_state_display()} voucher cannot be cancelled.", code="not_cancellable")
+
+
+def _redemption_cancel_issued(
+    account: PointsAccount, redemption: Redemption, *, reason: str, now: dt.datetime
+) -> Redemption:
+    """Return an issued voucher's points and mark it cancelled (account and voucher locked)."""
     redeem_entry = LedgerEntry.objects.get(idempotency_key=f"redemption:{redemption.pk}")
     expiries = list(
         LotConsumption.objects.filter(entry=redeem_entry).values_list("lot__expires_at", flat=True)
     )
     expires_at = None if (not expiries or None in expiries) else max(expiries)
-    now = timezone.now()
     _credit(
         account,
         kind=Kind.REVERSAL,
@@ -1291,26 +1303,28 @@ def redemption_cancel(*, redemption_id: int, reason: str = "", customer_id: int 
     return redemption
 
 
-@transaction.atomic
 def voucher_use(*, code: str, now: dt.datetime | None = None) -> Redemption:
-    """Mark a voucher used at the point of sale. Refused when used, cancelled or expired."""
+    """Mark a voucher used at the point of sale. Refused when used, cancelled or expired.
+
+    A voucher past its validity is expired, as vouchers_expire would have done before this
+    call, and refused as any expired voucher is (409 voucher_expired); the expiry is committed
+    before the refusal is raised, so it stays."""
     now = now or timezone.now()
     normalised = code.strip().upper()
-    redemption = Redemption.objects.select_for_update().filter(voucher_code=normalised).first()
-    if redemption is None:
-        raise NotFound("No such voucher.")
-    if redemption.state == Redemption.State.ISSUED and redemption.expires_at and redemption.expires_at <= now:
-        Redemption.objects.filter(pk=redemption.pk).update(state=Redemption.State.EXPIRED)
-        raise Conflict("This voucher has expired.", code="voucher_expired")
-    if redemption.state != Redemption.State.ISSUED:
-        raise Conflict(
-            f"This voucher is {redemption.get_state_display()}"
-            + (f" (used {redemption.used_at.isoformat()})." if redemption.used_at else "."),
-            code=f"voucher_{redemption.state}",
-        )
-    Redemption.objects.filter(pk=redemption.pk).update(state=Redemption.State.USED, used_at=now)
-    redemption.refresh_from_db()
-    return redemption
+    with transaction.atomic():
+        redemption = Redemption.objects.select_for_update().filter(voucher_code=normalised).first()
+        if redemption is None:
+            raise NotFound("No such voucher.")
+        _voucher_expire_if_due(redemption, now=now)
+        if redemption.state == Redemption.State.ISSUED:
+            Redemption.objects.filter(pk=redemption.pk).update(state=Redemption.State.USED, used_at=now)
+            redemption.refresh_from_db()
+            return redemption
+    raise Conflict(
+        f"This voucher is {redemption.get_state_display()}"
+        + (f" (used {redemption.used_at.isoformat()})." if redemption.used_at else "."),
+        code=f"voucher_{redemption.state}",
+    )
 
 
 # --- Staff corrections --------------------------------------------------------------
@@ -1436,12 +1450,23 @@ def tiers_recalculate(*, on_date: dt.date) -> dict:
     return {"date": on_date.isoformat(), "changed": changed}
 
 
+def _vouchers_due(now: dt.datetime):
+    """Issued vouchers whose validity ended by `now`: what vouchers_expire expires."""
+    return Redemption.objects.filter(state=Redemption.State.ISSUED, expires_at__lte=now)
+
+
 def vouchers_expire(*, now: dt.datetime | None = None) -> int:
-    """Issued vouchers past their validity become expired (their points are not returned)."""
-    now = now or timezone.now()
-    return Redemption.objects.filter(state=Redemption.State.ISSUED, expires_at__lte=now).update(
-        state=Redemption.State.EXPIRED
-    )
+    """Issued vouchers past their validity become expired (their points are not returned).
+    Idempotent: an expired voucher is not issued any more."""
+    return _vouchers_due(now or timezone.now()).update(state=Redemption.State.EXPIRED)
+
+
+def _voucher_expire_if_due(redemption: Redemption, *, now: dt.datetime) -> None:
+    """vouchers_expire for one (locked) voucher: the services that meet a voucher past its
+    validity before the nightly job did expire it just as the job would, so that what happens
+    to it never depends on which came first."""
+    if _vouchers_due(now).filter(pk=redemption.pk).update(state=Redemption.State.EXPIRED):
+        redemption.state = Redemption.State.EXPIRED
 
 
 # --- Integrations ---------------------------------------------------------------------

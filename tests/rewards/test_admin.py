@@ -304,6 +304,40 @@ def test_cancel_action_returns_the_points_and_mark_used_uses_the_voucher(admin_c
     }
 
 
+def test_voucher_actions_on_vouchers_past_their_validity_expire_them_and_return_no_points(
+    admin_client, member
+):
+    reward = RewardFactory(cost_points=20, validity_days=30)
+    cancel = services.reward_redeem(customer=member, reward_id=reward.pk).redemption
+    use = services.reward_redeem(customer=member, reward_id=reward.pk).redemption
+    Redemption.objects.filter(pk__in=[cancel.pk, use.pk]).update(
+        expires_at=timezone.now() - dt.timedelta(minutes=1)
+    )
+    entries = LedgerEntry.objects.count()
+
+    cancelled = admin_client.post(
+        url(Redemption, "changelist"),
+        {"action": "cancel_vouchers", "_selected_action": [cancel.pk]},
+        follow=True,
+    )
+    used = admin_client.post(
+        url(Redemption, "changelist"), {"action": "mark_used", "_selected_action": [use.pk]}, follow=True
+    )
+
+    # Refused as vouchers the nightly job had expired are, and expired for good as the job would
+    # have done: no points back, nothing for the job left to do, no audit entry (the job writes none).
+    assert "cannot be cancelled" in cancelled.content.decode()
+    assert "This voucher is expired." in used.content.decode()
+    assert set(Redemption.objects.filter(pk__in=[cancel.pk, use.pk]).values_list("state", flat=True)) == {
+        Redemption.State.EXPIRED
+    }
+    assert services.vouchers_expire() == 0
+    assert balance(member) == 10 and LedgerEntry.objects.count() == entries
+    assert not AuditEntry.objects.filter(
+        action__in=[AuditEntry.Action.CANCEL_REDEMPTION, AuditEntry.Action.MARK_USED]
+    ).exists()
+
+
 # --- Customers -----------------------------------------------------------------------------
 
 
