@@ -1007,19 +1007,24 @@ def purchase_refund(
 # --- Events ---------------------------------------------------------------------------
 
 
-def _period_start(period: str, at: dt.datetime) -> dt.datetime | None:
+def _period_bounds(period: str, at: dt.datetime) -> tuple[dt.datetime, dt.datetime] | None:
+    """The cap period (program time zone) that `at` falls in, as [start, next period's start);
+    None for a rule without a cap period."""
     local = timezone.localtime(at, program_tz()).date()
     if period == EventRule.CapPeriod.DAY:
-        start = local
+        start, end = local, local + dt.timedelta(days=1)
     elif period == EventRule.CapPeriod.WEEK:
         start = local - dt.timedelta(days=local.weekday())
+        end = start + dt.timedelta(days=7)
     elif period == EventRule.CapPeriod.MONTH:
         start = local.replace(day=1)
+        end = (start + dt.timedelta(days=31)).replace(day=1)
     elif period == EventRule.CapPeriod.YEAR:
         start = local.replace(month=1, day=1)
+        end = start.replace(year=start.year + 1)
     else:
         return None
-    return _day_start(start)
+    return _day_start(start), _day_start(end)
 
 
 @dataclass
@@ -1072,12 +1077,15 @@ def event_record(
             )
             rule = EventRule.objects.filter(event_type=event_type, is_active=True).first()
             if account is not None and rule is not None:
-                start = _period_start(rule.cap_period, occurred_at)
+                # Counted behind the account lock taken above, so two events of one member
+                # cannot both see room under the cap. Only the event's own period counts: a
+                # back-dated event is not held against events of later periods.
+                period = _period_bounds(rule.cap_period, occurred_at)
                 done = CustomerEvent.objects.filter(
                     customer=customer, event_type=event_type, points_awarded__gt=0
                 )
-                if start is not None:
-                    done = done.filter(occurred_at__gte=start)
+                if period is not None:
+                    done = done.filter(occurred_at__gte=period[0], occurred_at__lt=period[1])
                 result = rules.event_points(
                     rule_points=rule.points, cap_count=rule.cap_count, already_awarded_in_period=done.count()
                 )

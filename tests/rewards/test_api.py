@@ -1,8 +1,10 @@
 """The integration API: contract, errors, idempotency."""
 
 import datetime as dt
+from zoneinfo import ZoneInfo
 
 import pytest
+from django.conf import settings
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -333,3 +335,77 @@ def test_an_oversized_body_is_a_clear_4xx_not_a_500(api):
     response = api.generic("POST", "/api/v1/purchases/batch", huge, content_type="application/json")
     assert 400 <= response.status_code < 500
     assert response.json()["error"]["code"]
+
+
+# --- Event caps per period ------------------------------------------------------------------
+
+
+def _local_noon(day: dt.date) -> str:
+    return dt.datetime.combine(day, dt.time(12), tzinfo=ZoneInfo(settings.TIME_ZONE)).isoformat()
+
+
+def _month_before(day: dt.date) -> dt.date:
+    """The 15th of the month before `day`'s."""
+    return (day.replace(day=1) - dt.timedelta(days=1)).replace(day=15)
+
+
+def _event(api, external_id: str, occurred_at: str | None = None, data: dict | None = None):
+    body = {"customer": "C1", "type": "product_review", "external_id": external_id, "data": data or {}}
+    if occurred_at:
+        body["occurred_at"] = occurred_at
+    return api.post("/api/v1/events", body, format="json")
+
+
+@pytest.mark.parametrize("period", ["day", "month"])
+def test_an_event_cap_starts_afresh_in_the_next_period(api, period):
+    from rewards.models import EventRule
+
+    EventRule.objects.create(
+        event_type="product_review", name="Product review", points=25, cap_count=1, cap_period=period
+    )
+    api.post("/api/v1/customers/C1/enroll", {}, format="json")
+    today = timezone.localdate()
+    earlier = today - dt.timedelta(days=1) if period == "day" else _month_before(today)
+    awarded = [
+        _event(api, "rev-1", _local_noon(earlier)).json()["points_awarded"],
+        _event(api, "rev-2", _local_noon(earlier)).json()["points_awarded"],
+        _event(api, "rev-3").json()["points_awarded"],  # now: the next period
+        _event(api, "rev-4").json()["points_awarded"],
+    ]
+    assert awarded == [25, 0, 25, 0]
+    assert api.get("/api/v1/customers/C1").json()["balance"] == 50 + 50
+
+
+def test_a_back_dated_event_is_capped_in_its_own_period_not_by_later_ones(api):
+    from rewards.models import EventRule
+
+    EventRule.objects.create(
+        event_type="product_review", name="Product review", points=25, cap_count=1, cap_period="month"
+    )
+    api.post("/api/v1/customers/C1/enroll", {}, format="json")
+    last_month = _month_before(timezone.localdate())
+    month_before = _month_before(last_month)
+    awarded = [
+        _event(api, "dec", _local_noon(last_month)).json()["points_awarded"],
+        # Reported late: it happened the month before, whose cap nothing has used yet.
+        _event(api, "nov", _local_noon(month_before)).json()["points_awarded"],
+        _event(api, "nov-2", _local_noon(month_before + dt.timedelta(days=3))).json()["points_awarded"],
+    ]
+    assert awarded == [25, 25, 0]
+    assert api.get("/api/v1/customers/C1").json()["balance"] == 50 + 50
+
+
+def test_an_event_id_sent_again_with_other_data_is_409_and_with_the_same_data_the_original(api):
+    from rewards.models import CustomerEvent, EventRule
+
+    EventRule.objects.create(event_type="product_review", name="Product review", points=25)
+    api.post("/api/v1/customers/C1/enroll", {}, format="json")
+    first = _event(api, "rev-1", data={"stars": 5})
+    assert first.status_code == 201 and first.json()["points_awarded"] == 25
+
+    assert_error(_event(api, "rev-1", data={"stars": 1}), 409, "idempotency_conflict")
+    again = _event(api, "rev-1", data={"stars": 5})
+
+    assert again.status_code == 200 and again.json() == first.json()
+    assert CustomerEvent.objects.filter(external_id="rev-1").count() == 1
+    assert api.get("/api/v1/customers/C1").json()["balance"] == 50 + 25
