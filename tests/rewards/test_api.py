@@ -1,6 +1,7 @@
 """The integration API: contract, errors, idempotency."""
 
 import datetime as dt
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -409,3 +410,47 @@ def test_an_event_id_sent_again_with_other_data_is_409_and_with_the_same_data_th
     assert again.status_code == 200 and again.json() == first.json()
     assert CustomerEvent.objects.filter(external_id="rev-1").count() == 1
     assert api.get("/api/v1/customers/C1").json()["balance"] == 50 + 25
+
+
+# --- Expiring points, refunds ---------------------------------------------------------------
+
+
+def test_customer_read_counts_the_points_left_on_lots_expiring_within_30_days(api):
+    from rewards import rules
+    from rewards.models import PointsLot
+
+    api.post("/api/v1/customers/C1/enroll", {}, format="json")
+    today = timezone.localdate()
+    # About 23.5 months ago: under 24 months' expiry its lot expires in about two weeks; the
+    # lot of a purchase 22 months ago expires in about two months.
+    soon = (today.replace(day=min(today.day, 28), year=today.year - 2) + dt.timedelta(days=14)).isoformat()
+    later = (today.replace(day=min(today.day, 28), year=today.year - 2) + dt.timedelta(days=60)).isoformat()
+    for external_id, day, amount in (("old", soon, "120.00"), ("newer", later, "80.00")):
+        body = purchase_body(external_id=external_id, amount=amount, occurred_at=f"{day}T12:00:00+00:00")
+        assert api.post("/api/v1/purchases", body, format="json").status_code == 201
+    lot = PointsLot.objects.get(entry__purchase__external_id="old")
+    # A purchase reported late: its lot expires counted from when it happened.
+    assert timezone.localtime(lot.expires_at).date() == rules.expiry_date(dt.date.fromisoformat(soon), 24)
+    assert timezone.now() < lot.expires_at <= timezone.now() + dt.timedelta(days=30)
+    # Spending takes the oldest lot first: what counts is what is left of it.
+    reward = RewardFactory(cost_points=30)
+    assert (
+        api.post("/api/v1/customers/C1/redemptions", {"reward": reward.pk}, format="json").status_code == 201
+    )
+
+    body = api.get("/api/v1/customers/C1").json()
+
+    assert body["balance"] == 50 + 120 + 80 - 30
+    assert body["points_expiring_30_days"] == 90
+
+
+def test_a_refund_id_sent_again_with_another_amount_is_409_and_claws_back_nothing_more(api):
+    api.post("/api/v1/purchases", purchase_body(amount="100.00", enroll=True), format="json")
+    first = api.post("/api/v1/purchases/p-1/refunds", {"refund_id": "r1", "amount": "30.00"}, format="json")
+    assert first.status_code == 201 and first.json()["points_clawed_back"] == 30
+
+    other = api.post("/api/v1/purchases/p-1/refunds", {"refund_id": "r1", "amount": "40.00"}, format="json")
+
+    assert_error(other, 409, "idempotency_conflict")
+    assert api.get("/api/v1/customers/C1").json()["balance"] == 50 + 100 - 30
+    assert Purchase.objects.get(external_id="p-1").refunded_amount == Decimal("30.00")

@@ -174,6 +174,16 @@ def test_more_than_1000_purchases_in_a_batch_is_400(api):
     assert_4xx(response, field="purchases")
 
 
+def test_a_batch_of_exactly_1000_purchases_is_recorded_with_a_result_each(api):
+    items = [purchase(external_id=f"b-{i}", customer=f"C{i % 7}") for i in range(1000)]
+    response = post_json(api, "/api/v1/purchases/batch", {"purchases": items})
+    assert response.status_code == 200, response.content[:500]
+    results = response.json()["results"]
+    assert [(r["index"], r["status"]) for r in results] == [(i, 201) for i in range(1000)]
+    assert [r["result"]["external_id"] for r in results] == [f"b-{i}" for i in range(1000)]
+    assert Purchase.objects.count() == 1000
+
+
 def test_more_than_500_lines_in_a_purchase_is_400(api):
     response = post_json(api, "/api/v1/purchases", purchase(items=[{"amount": "0.01"}] * 501))
     assert_4xx(response, field="items")

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from loyalty_site.celery import app
 from loyalty_site.schedule import BEAT_SCHEDULE
-from rewards import services
+from rewards import services, tasks
 from rewards.models import Integration, LedgerEntry, PointsAccount
 from tests.factories import CustomerFactory, IntegrationFactory, program_rules_set, standard_tiers
 
@@ -67,6 +67,40 @@ def test_ledger_check_exits_1_with_a_report_when_a_balance_is_wrong(member):
         call_command("ledger_check", stdout=out)
     assert exit_info.value.code == 1
     assert f"customer {member.pk}" in out.getvalue() and "sum of entries" in out.getvalue()
+
+
+@pytest.mark.django_db
+def test_ledger_check_exits_1_with_a_report_when_the_lots_do_not_hold_the_balance(member):
+    # Lots are not append-only (spending lowers what is left of them): a raw UPDATE can break them.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE rewards_pointslot SET remaining = remaining - 7 WHERE account_id = %s", [member.pk]
+        )
+    out = io.StringIO()
+    with pytest.raises(SystemExit) as exit_info:
+        call_command("ledger_check", stdout=out)
+    assert exit_info.value.code == 1
+    assert f"customer {member.pk}" in out.getvalue() and "lots hold 43, expected 50" in out.getvalue()
+    assert "sum of entries" not in out.getvalue()  # the balance itself still matches the entries
+
+
+@pytest.mark.django_db
+def test_the_daily_ledger_check_mails_staff_when_an_invariant_is_broken(member, settings, smtp_server):
+    settings.ADMINS = [("Ledger desk", "ledger-desk@example.com")]
+    assert tasks.ledger_check()["violations"] == 0
+    assert smtp_server.messages == []  # a clean check mails nobody
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE rewards_pointsaccount SET balance = balance + 7 WHERE customer_id = %s", [member.pk]
+        )
+
+    assert tasks.ledger_check()["violations"] == 1
+
+    (mail,) = smtp_server.messages
+    assert mail["To"] == "ledger-desk@example.com"
+    assert "Ledger check failed" in mail["Subject"]
+    body = smtp_server.bodies()[0]
+    assert f"customer {member.pk}: balance 57 != sum of entries 50" in body
 
 
 @pytest.mark.django_db

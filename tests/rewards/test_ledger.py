@@ -4,7 +4,7 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
 from rewards import services
@@ -170,6 +170,22 @@ def test_database_refuses_update_and_delete_of_entries_issued_as_raw_sql(member)
         ):
             cursor.execute(sql, [entry.pk])
     assert LedgerEntry.objects.get(pk=entry.pk).points == 50
+
+
+def test_database_refuses_a_zero_point_entry_inserted_as_raw_sql(member):
+    # A kind without a sign rule of its own (reversal), so only the zero check can refuse it.
+    sql = """
+        INSERT INTO rewards_ledgerentry
+            (account_id, kind, points, balance_after, created_at, idempotency_key, explanation, reason)
+        VALUES (%s, 'reversal', 0, 50, now(), 'raw-zero', '[]'::jsonb, '')
+    """
+    with (
+        pytest.raises(IntegrityError, match="entry_points_not_zero"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute(sql, [member.pk])
+    assert not LedgerEntry.objects.filter(idempotency_key="raw-zero").exists()
 
 
 def test_tier_upgrades_on_the_purchase_that_crosses_and_downgrades_nightly(member, integration):

@@ -7,17 +7,19 @@ the write (from inside the rules' evaluation, which runs between the two stateme
 that the purchase reads again and ends as the locked path would have ended it.
 """
 
+import datetime as dt
 import threading
 from decimal import Decimal
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from rewards import rules, services
 from rewards.errors import Conflict
 from rewards.ledger_check import ledger_violations
-from rewards.models import LedgerEntry, PointsAccount, PointsLot, Purchase
+from rewards.models import LedgerEntry, PointsAccount, PointsLot, Promotion, Purchase
 from tests.factories import CustomerFactory, IntegrationFactory, StaffFactory, program_rules_set
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -246,4 +248,75 @@ def test_referred_members_and_enrolments_take_the_locked_path(program, between_r
     assert LedgerEntry.objects.filter(idempotency_key__startswith="referral:").count() == 2
     result = record(integration, "WALK-IN-1", "p-2", "30.00", enroll=True)
     assert result.created and result.purchase.customer.is_member
+    assert ledger_violations() == []
+
+
+# --- Promotions for a list of customers --------------------------------------------------------
+
+
+@pytest.fixture
+def promoted(program):
+    """Members A (on the promotion's list) and B (not), and double points for A in force now."""
+    a, _ = services.customer_enroll(customer=CustomerFactory(external_ref="PROMO-A"))
+    b, _ = services.customer_enroll(customer=CustomerFactory(external_ref="PROMO-B"))
+    promotion = Promotion.objects.create(
+        name="Double for the list",
+        multiplier=Decimal("2"),
+        starts_at=timezone.now() - dt.timedelta(hours=1),
+        ends_at=timezone.now() + dt.timedelta(hours=1),
+    )
+    promotion.customers.add(a)
+    return a, b
+
+
+def test_a_promotion_for_a_customer_list_multiplies_only_their_purchases_through_the_api(promoted):
+    a, b = promoted
+    _integration, token = services.integration_token_create(name="Promo POS")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    answers = {}
+    for customer in (a, b):
+        body = {
+            "external_id": f"api-{customer.external_ref}",
+            "customer": customer.external_ref,
+            "amount": "100.00",
+            "currency": "DKK",
+            "occurred_at": timezone.now().isoformat(),
+        }
+        with Statements() as statements:
+            answers[customer] = client.post("/api/v1/purchases", body, format="json")
+        # The unlocked path: no row lock, the write conditional on the account's row version.
+        assert not any("FOR UPDATE" in sql for sql in statements), statements
+        assert any(
+            sql.lstrip().startswith("WITH a AS (\n    UPDATE rewards_pointsaccount") for sql in statements
+        )
+
+    assert answers[a].status_code == answers[b].status_code == 201
+    assert answers[a].json()["points_earned"] == 200 and answers[b].json()["points_earned"] == 100
+    assert (balance_of(a), balance_of(b)) == (50 + 200, 50 + 100)
+    assert ledger_violations() == []
+
+
+def test_a_promotion_for_a_customer_list_multiplies_only_their_purchases_in_a_callers_transaction(promoted):
+    a, b = promoted
+    integration = IntegrationFactory()
+    results = {}
+    with transaction.atomic(), Statements() as statements:
+        for customer in (a, b):
+            results[customer] = services.purchase_record(
+                integration=integration,
+                external_id=f"svc-{customer.external_ref}",
+                customer_ref=customer.external_ref,
+                amount=Decimal("100.00"),
+                currency="DKK",
+                occurred_at=timezone.now(),
+            )
+    # The locked path: the account row locked for the caller's transaction.
+    assert any("FOR UPDATE" in sql for sql in statements), statements
+
+    assert results[a].points_earned == 200 and results[b].points_earned == 100
+    promotion_lines = [line for line in results[a].purchase.explanation if line["code"] == "promotion"]
+    assert promotion_lines == [{"code": "promotion", "name": "Double for the list", "multiplier": "2"}]
+    assert not any(line["code"] == "promotion" for line in results[b].purchase.explanation)
+    assert (balance_of(a), balance_of(b)) == (50 + 200, 50 + 100)
     assert ledger_violations() == []
