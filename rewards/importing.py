@@ -29,8 +29,10 @@ import hashlib
 import io
 import json
 import operator
+import os
 import queue
 import re
+import stat
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -152,6 +154,10 @@ class ImportReport:
     members_created: int = 0
     points_awarded: int = 0
     seconds: float = 0.0
+    # Bytes of the file read so far, of `file_size` (0: not a regular file, its size unknown): the
+    # progress an import shows. Read ahead of the rows parsed by at most a buffer (8 KB).
+    bytes_read: int = 0
+    file_size: int = 0
     ignored_columns: list[str] = field(default_factory=list)
 
     @property
@@ -274,6 +280,8 @@ class _CsvFile:
     columns: dict[str, int]
     # (line, fields) of each good row, a BadRow for each row that cannot be read.
     rows: Iterator[tuple[int, list[str]] | BadRow]
+    # Bytes of the file read so far (a system call: once a chunk, not once a row).
+    position: Callable[[], int]
 
 
 @contextlib.contextmanager
@@ -330,6 +338,7 @@ def _csv_open(
             yield _CsvFile(
                 columns={name: index for index, name in enumerate(names)},
                 rows=_csv_rows(reader, lines, width=len(names)),
+                position=raw.tell,
             )
     finally:
         csv.field_size_limit(previous_limit)
@@ -396,6 +405,7 @@ class _Chunk:
     count: int  # data rows read, good and bad
     keys: set = field(default_factory=set)  # the key of each good row (_chunks' `key`)
     after: int = -1  # the latest chunk before this one with a key in common (-1: none close)
+    offset: int = 0  # bytes of the file read when the chunk was complete (_chunks' `position`)
 
 
 class _Overlaps:
@@ -422,14 +432,17 @@ def _chunks(
     key: Callable[[object], object] | None = None,
     lookback: int = 0,
     prepare: Callable[[list, list[BadRow]], object] | None = None,
+    position: Callable[[], int] | None = None,
 ) -> Iterator[_Chunk]:
     """The rows parsed into chunks of `chunk_size` rows read (good and bad). With `key`, each chunk
     knows the latest of the `lookback` chunks before it with a key in common (`after`). `prepare`
     turns a chunk's parsed rows into what its writer takes (and may add bad rows, after those of
-    the reading)."""
+    the reading). `position`: the bytes of the file read, asked once a chunk (`offset`)."""
     overlaps = _Overlaps(lookback) if key is not None else None
 
     def ready(chunk: _Chunk) -> _Chunk:
+        if position is not None:
+            chunk.offset = position()
         if overlaps is not None:
             chunk.after = overlaps.after(chunk.number, chunk.keys)
             chunk.keys = set()  # kept by `overlaps` as long as needed
@@ -471,6 +484,7 @@ def _parsed_chunks(
     key: Callable[[object], object] | None = None,
     lookback: int = 0,
     prepare: Callable[[list, list[BadRow]], object] | None = None,
+    position: Callable[[], int] | None = None,
 ) -> Iterator[Iterator[_Chunk]]:
     """_chunks made by a background thread.
 
@@ -495,7 +509,13 @@ def _parsed_chunks(
     def work() -> None:
         try:
             for chunk in _chunks(
-                rows, parse, chunk_size=chunk_size, key=key, lookback=lookback, prepare=prepare
+                rows,
+                parse,
+                chunk_size=chunk_size,
+                key=key,
+                lookback=lookback,
+                prepare=prepare,
+                position=position,
             ):
                 put(chunk)
             put(done)
@@ -1719,7 +1739,9 @@ def _file_chunks(
     if not in_child:
         with (
             _csv_open(path, **options, report=report) as csv_file,
-            _parsed_chunks(csv_file.rows, parser(csv_file.columns), **chunking) as chunks,
+            _parsed_chunks(
+                csv_file.rows, parser(csv_file.columns), **chunking, position=csv_file.position
+            ) as chunks,
         ):
             yield chunks
         return
@@ -1728,11 +1750,23 @@ def _file_chunks(
         opened = ImportReport()
         with _csv_open(path, **options, report=opened) as csv_file:
             yield opened.ignored_columns
-            yield from _chunks(csv_file.rows, parser(csv_file.columns), **chunking)
+            yield from _chunks(
+                csv_file.rows, parser(csv_file.columns), **chunking, position=csv_file.position
+            )
 
     with importing_process.produced_in_child(produce, name="import-reader") as items:
         report.ignored_columns = next(items)  # the header is good: nothing was written before
         yield items
+
+
+def _file_size(path: str | Path) -> int:
+    """The size of a regular file; 0 for anything else (a pipe), or one that cannot be read (the
+    opening says why)."""
+    try:
+        status = os.stat(path)
+    except (OSError, ValueError):
+        return 0
+    return status.st_size if stat.S_ISREG(status.st_mode) else 0
 
 
 def _import_run(
@@ -1759,9 +1793,12 @@ def _import_run(
     (_ChunkWriters); `write` must then be safe to run at once for chunks whose rows have no `key`
     in common. `prepare`: what the reading side makes of a chunk's parsed rows for `write`
     (_chunks); `in_child`: the reading side is a child process (_file_chunks).
+
+    `on_progress(report)` is called after a chunk once `progress_every` rows were read since the
+    last call, in the caller's thread; `report.bytes_read` of `report.file_size` says how far.
     """
     started = time.monotonic()
-    report = ImportReport()
+    report = ImportReport(file_size=_file_size(path))
 
     def bad(row: BadRow) -> None:
         report.bad += 1
@@ -1789,6 +1826,7 @@ def _import_run(
         next_progress = progress_every
         for chunk in chunks:
             report.rows += chunk.count
+            report.bytes_read = chunk.offset
             writing.write(chunk.number, chunk.rows, chunk.bad, chunk.after)
             if on_progress is not None and progress_every and report.rows >= next_progress:
                 report.seconds = time.monotonic() - started
@@ -2084,10 +2122,3 @@ class BadRowLog:
             content = io.StringIO()
             csv.writer(content).writerow(row.fields)
             self._writer.writerow([row.line, row.reason, content.getvalue().rstrip("\r\n")[:10_000]])
-
-
-def progress_line(report: ImportReport) -> str:
-    return (
-        f"{report.rows:,} rows, {report.bad:,} bad, {report.seconds:,.1f} s, "
-        f"{report.rows_per_second:,.0f} rows/s"
-    )
