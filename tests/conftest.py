@@ -61,6 +61,26 @@ def celery_app_real():
 
 
 @pytest.fixture(scope="session")
+def django_db_setup(django_db_setup):
+    """pytest-django's test databases, and before they are dropped, every Django connection still
+    open in this process closed. Django keeps a thread's connections in asgiref's Local, one per
+    contextvars context; in a process that ran a browser test (Playwright's sync API switches
+    greenlets, each with its own context) a connection opened in one context is out of reach of
+    `connections` in another, and one stayed open to the end often enough that pytest could not
+    drop the database ("1 other session using the database"). Session fixtures that need the
+    database (the Celery worker) are torn down before this."""
+    yield
+    import gc
+
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+    for candidate in gc.get_objects():
+        # type(), not isinstance(): isinstance asks a lazy object for its __class__, evaluating it
+        if issubclass(type(candidate), BaseDatabaseWrapper) and candidate.connection is not None:
+            candidate.close()
+
+
+@pytest.fixture(scope="session")
 def celery_worker_real(celery_app_real, django_db_setup, django_db_blocker):
     """A real Celery worker (in a thread of this process) consuming from Redis."""
     from celery.contrib.testing.worker import start_worker
