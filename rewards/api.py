@@ -7,6 +7,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Iterable
 from decimal import Decimal
 
 from django.conf import settings
@@ -31,6 +32,7 @@ from rest_framework.views import APIView
 
 from accounts.models import Customer, external_ref_is_printable
 
+from . import api_examples as ex
 from . import api_fast, rules, selectors, services
 from .errors import DomainError, NotFound
 from .models import LedgerEntry, PointsAccount, Redemption
@@ -323,7 +325,10 @@ class ErrorSerializer(serializers.Serializer):
         ref_name = "Error"
 
 
-def errors(*statuses: int) -> dict:
+def errors(*statuses: int, examples: Iterable[OpenApiExample] = ()) -> dict:
+    """The error responses of an operation, each with its examples: the operation's own (built with
+    api_examples.error_example, filed by their status) after those every operation shares (401,
+    429, 503). tests/rewards/test_api_schema.py checks that no listed status is left without one."""
     meaning = {
         400: "Malformed or invalid input",
         401: "Missing or invalid token",
@@ -336,7 +341,18 @@ def errors(*statuses: int) -> dict:
     }
     # Every operation may be rate limited or meet a database outage.
     statuses = (*statuses, 429, 503)
-    return {s: OpenApiResponse(ErrorSerializer, description=meaning[s]) for s in statuses}
+    by_status = {s: list(ex.SHARED_ERRORS.get(s, [])) for s in statuses}
+    for example in examples:
+        (status,) = example.status_codes
+        by_status[status].append(example)  # a KeyError here: an example for a status not listed
+    return {
+        s: OpenApiResponse(ErrorSerializer, description=meaning[s], examples=by_status[s]) for s in statuses
+    }
+
+
+def unstorable_in_path(name: str) -> OpenApiExample:
+    """The 400 for a path parameter holding a NUL (LoyaltyAPIView.initial)."""
+    return ex.validation_example(f"NUL in {name}", {name: [UNSTORABLE_TEXT]})
 
 
 CUSTOMER_REF = OpenApiParameter(
@@ -344,14 +360,28 @@ CUSTOMER_REF = OpenApiParameter(
     str,
     OpenApiParameter.PATH,
     description="The customer's reference in your systems.",
-    examples=[OpenApiExample("A member", value="C000042")],
+    examples=[OpenApiExample("A member", value=ex.CUSTOMER)],
 )
 PURCHASE_ID = OpenApiParameter(
     "external_id",
     str,
     OpenApiParameter.PATH,
     description="The purchase's external_id as recorded.",
-    examples=[OpenApiExample("A recorded purchase", value="POS1-2026-000123")],
+    examples=[OpenApiExample("A recorded purchase", value=ex.PURCHASE)],
+)
+VOUCHER_CODE = OpenApiParameter(
+    "code",
+    str,
+    OpenApiParameter.PATH,
+    description="The voucher code as issued (case and surrounding spaces do not matter).",
+    examples=[OpenApiExample("An issued voucher", value=ex.VOUCHER)],
+)
+REDEMPTION_ID = OpenApiParameter(
+    "redemption_id",
+    int,
+    OpenApiParameter.PATH,
+    description="The redemption's id, as its answer gave it.",
+    examples=[OpenApiExample("A redemption", value=ex.REDEMPTION_ID)],
 )
 
 
@@ -446,20 +476,6 @@ def _purchase_from(integration, data) -> services.PurchaseResult:
     )
 
 
-PURCHASE_EXAMPLE = OpenApiExample(
-    "A basket with coffee",
-    value={
-        "external_id": "POS1-2026-000123",
-        "customer": "C000042",
-        "amount": "129.95",
-        "currency": "DKK",
-        "occurred_at": "2026-11-23T10:15:00+01:00",
-        "items": [{"sku": "ESP-1", "category": "coffee-beans", "quantity": "1", "amount": "89.95"}],
-    },
-    request_only=True,
-)
-
-
 class PurchaseCreateView(LoyaltyAPIView):
     @extend_schema(
         operation_id="purchase_record",
@@ -470,8 +486,12 @@ class PurchaseCreateView(LoyaltyAPIView):
             "the original result with 200; the same id with another body is 409."
         ),
         request=PurchaseIn,
-        responses={201: PurchaseOut, 200: PurchaseOut, **errors(400, 401, 409, 422)},
-        examples=[PURCHASE_EXAMPLE],
+        responses={
+            201: PurchaseOut,
+            200: PurchaseOut,
+            **errors(400, 401, 409, 422, examples=ex.PURCHASE_ERRORS),
+        },
+        examples=[ex.PURCHASE_REQUEST, *ex.PURCHASE_RESPONSES],
     )
     def post(self, request):
         result = _purchase_from(request.auth, purchase_validated(request.data))
@@ -514,8 +534,9 @@ class PurchaseBatchView(LoyaltyAPIView):
                     )
                 },
             ),
-            **errors(400, 401),
+            **errors(400, 401, examples=ex.BATCH_ERRORS),
         },
+        examples=[ex.BATCH_REQUEST, ex.BATCH_RESPONSE],
     )
     def post(self, request):
         batch = PurchaseBatchIn(data=request.data)
@@ -580,10 +601,12 @@ class RefundCreateView(LoyaltyAPIView):
             "(the balance may become points debt). Idempotent on refund_id."
         ),
         request=RefundIn,
-        responses={201: RefundOut, 200: RefundOut, **errors(400, 401, 404, 409, 422)},
-        examples=[
-            OpenApiExample("Half refunded", value={"refund_id": "R-77", "amount": "64.97"}, request_only=True)
-        ],
+        responses={
+            201: RefundOut,
+            200: RefundOut,
+            **errors(400, 401, 404, 409, 422, examples=ex.REFUND_ERRORS),
+        },
+        examples=[ex.REFUND_REQUEST, ex.REFUND_RESPONSE],
     )
     def post(self, request, external_id: str):
         serializer = RefundIn(data=request.data)
@@ -705,7 +728,11 @@ class CustomerDetailView(LoyaltyAPIView):
         operation_id="customer_get",
         parameters=[CUSTOMER_REF],
         summary="A customer's balance, tier and progress",
-        responses={200: CustomerOut, **errors(400, 401, 404)},
+        responses={
+            200: CustomerOut,
+            **errors(400, 401, 404, examples=[unstorable_in_path("external_ref"), *ex.CUSTOMER_ERRORS]),
+        },
+        examples=[ex.CUSTOMER_RESPONSE],
     )
     def get(self, request, external_ref: str):
         customer = selectors.customer_standing_get(external_ref=external_ref)
@@ -738,7 +765,8 @@ class CustomerEnrollView(LoyaltyAPIView):
             "Gives the signup bonus once. Enrolling an existing member changes nothing and answers 200."
         ),
         request=EnrollIn,
-        responses={201: CustomerOut, 200: CustomerOut, **errors(400, 401, 422)},
+        responses={201: CustomerOut, 200: CustomerOut, **errors(400, 401, 422, examples=ex.ENROLL_ERRORS)},
+        examples=[ex.ENROLL_REQUEST, *ex.ENROLL_RESPONSES],
     )
     def post(self, request, external_ref: str):
         serializer = EnrollIn(data=request.data)
@@ -818,8 +846,9 @@ class CustomerLedgerView(LoyaltyAPIView):
                     "results": LedgerEntryOut(many=True),
                 },
             ),
-            **errors(400, 401, 404, 422),
+            **errors(400, 401, 404, 422, examples=[unstorable_in_path("external_ref"), *ex.LEDGER_ERRORS]),
         },
+        examples=[ex.LEDGER_RESPONSE],
     )
     def get(self, request, external_ref: str):
         customer = _customer(external_ref)
@@ -864,7 +893,8 @@ class RewardListView(LoyaltyAPIView):
         operation_id="reward_list",
         summary="Rewards available now",
         parameters=[OpenApiParameter("language", str, enum=LANGUAGE_CODES, required=False)],
-        responses={200: RewardOut(many=True), **errors(401, 422)},
+        responses={200: RewardOut(many=True), **errors(401, 422, examples=ex.REWARD_LIST_ERRORS)},
+        examples=[ex.REWARD_LIST_RESPONSE],
     )
     def get(self, request):
         language = request.query_params.get("language")
@@ -932,10 +962,25 @@ class RedemptionCreateView(LoyaltyAPIView):
         ),
         parameters=[
             CUSTOMER_REF,
-            OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False),
+            OpenApiParameter(
+                "Idempotency-Key",
+                str,
+                OpenApiParameter.HEADER,
+                required=False,
+                description=(
+                    "Any string of up to 100 characters, new for each redemption the member asks for; "
+                    "send it again when retrying that one. Kept per member and integration."
+                ),
+                examples=[ex.IDEMPOTENCY_KEY_EXAMPLE],
+            ),
         ],
         request=RedemptionIn,
-        responses={201: RedemptionOut, 200: RedemptionOut, **errors(400, 401, 404, 409, 422)},
+        responses={
+            201: RedemptionOut,
+            200: RedemptionOut,
+            **errors(400, 401, 404, 409, 422, examples=ex.REDEEM_ERRORS),
+        },
+        examples=[ex.REDEEM_REQUEST, *ex.REDEEM_RESPONSES],
     )
     def post(self, request, external_ref: str):
         serializer = RedemptionIn(data=request.data)
@@ -960,8 +1005,13 @@ class VoucherUseView(LoyaltyAPIView):
     @extend_schema(
         operation_id="voucher_use",
         summary="Mark a voucher used at the point of sale",
+        parameters=[VOUCHER_CODE],
         request=None,
-        responses={200: RedemptionOut, **errors(400, 401, 404, 409)},
+        responses={
+            200: RedemptionOut,
+            **errors(400, 401, 404, 409, examples=[unstorable_in_path("code"), *ex.VOUCHER_USE_ERRORS]),
+        },
+        examples=[ex.VOUCHER_USE_RESPONSE],
     )
     def post(self, request, code: str):
         return Response(RedemptionOut(redemption_out(services.voucher_use(code=code))).data)
@@ -975,8 +1025,10 @@ class RedemptionCancelView(LoyaltyAPIView):
     @extend_schema(
         operation_id="redemption_cancel",
         summary="Cancel an unused voucher and return its points",
+        parameters=[REDEMPTION_ID],
         request=CancelIn,
-        responses={200: RedemptionOut, **errors(400, 401, 404, 409)},
+        responses={200: RedemptionOut, **errors(400, 401, 404, 409, examples=ex.CANCEL_ERRORS)},
+        examples=[ex.CANCEL_REQUEST, ex.CANCEL_RESPONSE],
     )
     def post(self, request, redemption_id: int):
         serializer = CancelIn(data=request.data or {})
@@ -1026,19 +1078,8 @@ class EventCreateView(LoyaltyAPIView):
             "Idempotent on external_id."
         ),
         request=EventIn,
-        responses={201: EventOut, 200: EventOut, **errors(400, 401, 409)},
-        examples=[
-            OpenApiExample(
-                "A product review",
-                value={
-                    "customer": "C000042",
-                    "type": "product_review",
-                    "external_id": "rev-981",
-                    "data": {"sku": "ESP-1"},
-                },
-                request_only=True,
-            )
-        ],
+        responses={201: EventOut, 200: EventOut, **errors(400, 401, 409, examples=ex.EVENT_ERRORS)},
+        examples=[ex.EVENT_REQUEST, ex.EVENT_RESPONSE],
     )
     def post(self, request):
         serializer = EventIn(data=request.data)
@@ -1104,7 +1145,8 @@ class PreviewView(LoyaltyAPIView):
         summary="What would this basket earn? (writes nothing)",
         description="For a named customer, at their tier and promotions; without one, for a new member.",
         request=PreviewIn,
-        responses={200: PreviewOut, **errors(400, 401, 404)},
+        responses={200: PreviewOut, **errors(400, 401, 404, examples=ex.PREVIEW_ERRORS)},
+        examples=[ex.PREVIEW_REQUEST, ex.PREVIEW_RESPONSE],
     )
     def post(self, request):
         serializer = PreviewIn(data=request.data)

@@ -62,6 +62,14 @@ def error_body(code: str, message: str, fields: dict | None = None) -> dict:
     return {"error": {"code": code, "message": message, "fields": fields or {}}}
 
 
+def validation_body(fields: dict[str, list[str]]) -> dict:
+    """The 400 answer to input that failed validation: the first problem in the message, all of
+    them in `fields` (also what the schema's examples of it are built with)."""
+    first = next(iter(fields.items()), ("", ["invalid"]))
+    message = f"{first[0]}: {first[1][0]}" if first[0] != "non_field_errors" else first[1][0]
+    return error_body("invalid", f"The request is not valid. {message}", fields)
+
+
 def _flatten(detail) -> dict:
     """DRF's nested validation detail → {"field": ["message", ...], "items.0.amount": [...]}."""
     out: dict[str, list[str]] = {}
@@ -166,10 +174,7 @@ def _api_exception_response(exc, context):
     if isinstance(exc, TooManyFieldsSent):
         return Response(error_body(*TOO_MANY_FIELDS), status=400)
     if isinstance(exc, exceptions.ValidationError):
-        fields = _flatten(exc.detail)
-        first = next(iter(fields.items()), ("", ["invalid"]))
-        message = f"{first[0]}: {first[1][0]}" if first[0] != "non_field_errors" else first[1][0]
-        return Response(error_body("invalid", f"The request is not valid. {message}", fields), status=400)
+        return Response(validation_body(_flatten(exc.detail)), status=400)
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
