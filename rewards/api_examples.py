@@ -412,7 +412,9 @@ CANCEL_ERRORS = [
     NOT_JSON,
     validation_example("Reason not a string", {"reason": ["Must be a string."]}),
     error_example("Unknown redemption", 404, "not_found", "No such redemption."),
-    error_example("Voucher used already", 409, "not_cancellable", "A used voucher cannot be cancelled."),
+    error_example(
+        "Voucher used already", 409, "not_cancellable", "This voucher is used and cannot be cancelled."
+    ),
 ]
 
 

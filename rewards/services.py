@@ -1279,7 +1279,7 @@ def redemption_cancel(
             return redemption
         if redemption.state == Redemption.State.ISSUED:
             return _redemption_cancel_issued(account, redemption, reason=reason, now=now)
-    raise Conflict(f"A {redemption.get_state_display()} voucher cannot be cancelled.", code="not_cancellable")
+    raise Conflict(f"This voucher is {redemption.state} and cannot be cancelled.", code="not_cancellable")
 
 
 def _redemption_cancel_issued(
