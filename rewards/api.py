@@ -892,6 +892,9 @@ class RewardListView(LoyaltyAPIView):
     @extend_schema(
         operation_id="reward_list",
         summary="Rewards available now",
+        description="Names and descriptions in the language of `?language=`, or else of the request's "
+        "`Accept-Language` header (the answer's `Content-Language` says which); a reward without a "
+        "translation into it keeps its own.",
         parameters=[OpenApiParameter("language", str, enum=LANGUAGE_CODES, required=False)],
         responses={200: RewardOut(many=True), **errors(401, 422, examples=ex.REWARD_LIST_ERRORS)},
         examples=[ex.REWARD_LIST_RESPONSE],
@@ -904,6 +907,8 @@ class RewardListView(LoyaltyAPIView):
                 code="invalid",
                 fields={"language": ["unknown"]},
             )
+        if language is None and "HTTP_ACCEPT_LANGUAGE" in request.META:
+            language = getattr(request, "LANGUAGE_CODE", None)  # LocaleMiddleware's pick of the header
         rows = [
             {
                 "id": r.pk,

@@ -154,6 +154,11 @@ def test_the_reward_list_names_rewards_in_the_language_asked_for(api, program):
     assert api.get("/api/v1/rewards?language=sv").json()[0]["name"] == "Free coffee"
     assert api.get("/api/v1/rewards").json()[0]["name"] == "Free coffee"
     assert_error(api.get("/api/v1/rewards?language=xx"), 422, "invalid")
+    # Without ?language=, the Accept-Language header picks it; the query wins over the header.
+    answer = api.get("/api/v1/rewards", HTTP_ACCEPT_LANGUAGE="da-DK,da;q=0.9,en;q=0.5")
+    assert (answer.json()[0]["name"], answer["Content-Language"]) == ("Gratis kaffe", "da")
+    swedish = api.get("/api/v1/rewards?language=sv", HTTP_ACCEPT_LANGUAGE="da")
+    assert swedish.json()[0]["name"] == "Free coffee"
 
 
 # --- Vouchers past their validity -------------------------------------------------------------
