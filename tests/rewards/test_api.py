@@ -178,6 +178,22 @@ def test_enroll_endpoint_is_idempotent(api):
     assert_error(bad, 422, "unknown_referral_code")
 
 
+def test_enroll_records_marketing_consent_and_when_it_changed(api):
+    from accounts.models import Customer
+
+    api.post("/api/v1/customers/N3/enroll", {"marketing_consent": True}, format="json")
+    customer = Customer.objects.get(external_ref="N3")
+    given_at = customer.marketing_consent_changed_at
+    assert customer.marketing_consent is True and given_at is not None
+    # The same answer again leaves the proof of when it was given alone; a withdrawal is dated anew.
+    api.post("/api/v1/customers/N3/enroll", {"marketing_consent": True}, format="json")
+    customer.refresh_from_db()
+    assert customer.marketing_consent_changed_at == given_at
+    api.post("/api/v1/customers/N3/enroll", {"marketing_consent": False}, format="json")
+    customer.refresh_from_db()
+    assert customer.marketing_consent is False and customer.marketing_consent_changed_at > given_at
+
+
 def test_redeem_use_and_cancel_flow(api):
     api.post("/api/v1/purchases", purchase_body(amount="500.00", enroll=True), format="json")
     reward = RewardFactory(cost_points=300, name="Free coffee")
