@@ -1329,7 +1329,7 @@ def voucher_use(*, code: str, now: dt.datetime | None = None) -> Redemption:
             redemption.refresh_from_db()
             return redemption
     raise Conflict(
-        f"This voucher is {redemption.get_state_display()}"
+        f"This voucher is {redemption.state}"
         + (f" (used {redemption.used_at.isoformat()})." if redemption.used_at else "."),
         code=f"voucher_{redemption.state}",
     )
