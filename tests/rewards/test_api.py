@@ -14,15 +14,6 @@ from rewards.services import integration_token_create
 from tests.factories import CustomerFactory, RewardFactory
 
 
-@pytest.fixture
-def api(program):
-    integration, token = integration_token_create(name="Shop POS")
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
-    client.integration = integration
-    return client
-
-
 def purchase_body(**overrides):
     body = {
         "external_id": "p-1",

@@ -15,21 +15,12 @@ from rest_framework.test import APIClient
 
 from rewards.models import CustomerEvent as Event
 from rewards.models import Purchase, Redemption
-from rewards.services import integration_token_create
 from tests.factories import RewardFactory
 
 NUL = "\x00"
 LONE_SURROGATE = "\ud800"
 # Hebrew with a right-to-left override, Arabic, an emoji family (a ZWJ sequence), Thai, a flag.
 UNICODE_REFS = ["‮שלום-42", "عميل-٧", "👩‍👩‍👧‍👦", "ลูกค้า", "🇩🇰-C1"]
-
-
-@pytest.fixture
-def api(program):
-    integration, token = integration_token_create(name="Boundaries POS")
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
-    return client
 
 
 def post_json(api, path, body, **extra):

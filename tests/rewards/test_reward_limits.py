@@ -6,21 +6,11 @@ import datetime as dt
 
 import pytest
 from django.utils import timezone
-from rest_framework.test import APIClient
 
 from accounts.models import Customer
 from rewards import services
 from rewards.models import LedgerEntry, PointsAccount, Redemption, Reward
-from rewards.services import integration_token_create
 from tests.factories import RewardFactory
-
-
-@pytest.fixture
-def api(program):
-    _integration, token = integration_token_create(name="Shop POS")
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
-    return client
 
 
 @pytest.fixture
