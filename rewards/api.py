@@ -728,6 +728,9 @@ class CustomerDetailView(LoyaltyAPIView):
         operation_id="customer_get",
         parameters=[CUSTOMER_REF],
         summary="A customer's balance, tier and progress",
+        description="The balance and any points debt, the tier with the spend that qualifies for it over "
+        "the rolling 12 months and the spend left to the next tier, and the points that expire in the next "
+        "30 days. A shopper who is not a member answers too, with `member: false`.",
         responses={
             200: CustomerOut,
             **errors(400, 401, 404, examples=[unstorable_in_path("external_ref"), *ex.CUSTOMER_ERRORS]),
@@ -830,6 +833,8 @@ class CustomerLedgerView(LoyaltyAPIView):
     @extend_schema(
         operation_id="customer_ledger",
         summary="A member's ledger, newest first, with explanations",
+        description="Every entry that moved the member's points, newest first, with the explanation the "
+        "member sees; filter by `kind`, page with `page` and `page_size`.",
         parameters=[
             CUSTOMER_REF,
             OpenApiParameter("kind", str, enum=[k for k, _ in LedgerEntry.Kind.choices], required=False),
@@ -1010,6 +1015,9 @@ class VoucherUseView(LoyaltyAPIView):
     @extend_schema(
         operation_id="voucher_use",
         summary="Mark a voucher used at the point of sale",
+        description="Marks an issued voucher used. A voucher already used, cancelled or past its validity "
+        "is refused with 409 (`voucher_used`, `voucher_cancelled`, `voucher_expired`); one found past its "
+        "validity is expired for good, as the nightly job would.",
         parameters=[VOUCHER_CODE],
         request=None,
         responses={
@@ -1030,6 +1038,9 @@ class RedemptionCancelView(LoyaltyAPIView):
     @extend_schema(
         operation_id="redemption_cancel",
         summary="Cancel an unused voucher and return its points",
+        description="Returns an issued voucher's points (they expire when the latest of the points spent "
+        "on it would have). Cancelling again answers with the cancelled voucher; a used or expired voucher "
+        "is 409 `not_cancellable`, and one found past its validity is expired for good, without its points.",
         parameters=[REDEMPTION_ID],
         request=CancelIn,
         responses={200: RedemptionOut, **errors(400, 401, 404, 409, examples=ex.CANCEL_ERRORS)},

@@ -79,6 +79,17 @@ def test_every_operation_has_a_request_example_and_an_example_of_each_answer(sch
     assert not missing, missing
 
 
+def test_every_operation_says_what_it_does_in_its_own_words(schema):
+    """A summary and a description of its own: a view without one would show its base class's
+    docstring (drf-spectacular reads docstrings through the class hierarchy)."""
+    from rewards.api import LoyaltyAPIView
+
+    base = LoyaltyAPIView.__doc__.strip()
+    for name, operation in operations(schema):
+        assert operation.get("summary"), name
+        assert operation.get("description") and base not in operation["description"], name
+
+
 def test_error_examples_have_the_error_shape_and_codes_the_code_emits(schema):
     literals, prefixes = emitted_codes()
     problems, codes = [], set()
