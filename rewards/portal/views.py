@@ -300,7 +300,14 @@ def voucher(request, code):
     redemption = get_object_or_404(
         Redemption.objects.select_related("reward"), customer=request.customer, voucher_code=code
     )
-    return render(request, "rewards/portal/voucher.html", {"redemption": redemption, "now": timezone.now()})
+    now = timezone.now()
+    # Usable at the till: issued and within its validity (the nightly job may not have expired it yet).
+    usable = redemption.state == Redemption.State.ISSUED and not (
+        redemption.expires_at and redemption.expires_at <= now
+    )
+    return render(
+        request, "rewards/portal/voucher.html", {"redemption": redemption, "now": now, "usable": usable}
+    )
 
 
 @_member_page

@@ -309,6 +309,18 @@ def test_vouchers_list_shows_states(anna_client, anna):
     assert "ready to use" in body and "used" in body and "Cake" in body and "Tea" in body
 
 
+def test_a_voucher_past_its_validity_shows_expired_without_its_qr_code(anna_client, anna):
+    # Before the nightly job has expired it: still "issued" in the database, not usable at the till.
+    reward = RewardFactory(name="Cake", cost_points=10, validity_days=30)
+    voucher = reward_redeem(customer=anna, reward_id=reward.pk).redemption
+    page = reverse("portal-voucher", args=[voucher.voucher_code])
+    assert "<svg" in anna_client.get(page).content.decode()
+    Redemption.objects.filter(pk=voucher.pk).update(expires_at=timezone.now() - dt.timedelta(minutes=1))
+    body = anna_client.get(page).content.decode()
+    assert "expired" in body and "<svg" not in body and "at the till" not in body
+    assert voucher.voucher_code in body  # the code stays on the page, for a question to the shop
+
+
 def test_another_members_voucher_and_unknown_rewards_are_404(anna_client, program):
     bo = member_with_login(email="bo@example.com")
     voucher = reward_redeem(customer=bo, reward_id=RewardFactory(cost_points=10).pk).redemption
