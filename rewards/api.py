@@ -1090,8 +1090,9 @@ class EventCreateView(LoyaltyAPIView):
         operation_id="event_record",
         summary="Post a custom event (a review, a newsletter signup, an abandoned cart)",
         description=(
-            "Earns the fixed points of the event type's rule, within its cap per period. "
-            "Idempotent on external_id."
+            "Earns the fixed points of the event type's rule, within its cap per period (the period "
+            "`occurred_at` falls in). Idempotent on external_id: the same event again answers the "
+            "original with 200; other data or another `occurred_at` for the same id is 409."
         ),
         request=EventIn,
         responses={201: EventOut, 200: EventOut, **errors(400, 401, 409, examples=ex.EVENT_ERRORS)},

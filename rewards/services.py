@@ -1043,13 +1043,20 @@ def event_record(
     occurred_at: dt.datetime | None = None,
 ) -> EventResult:
     """Record a custom event; a member earns the rule's fixed points for its type,
-    within the rule's cap per period. Idempotent on (integration, external_id)."""
+    within the rule's cap per period. Idempotent on (integration, external_id): the same event
+    again answers the original, and other data or another `occurred_at` given for it is a
+    conflict (a retry without `occurred_at` is the same event)."""
+    given_at = occurred_at
     occurred_at = occurred_at or timezone.now()
+    # occurred_at is not in the stored fingerprint (it is optional, and the fingerprints of events
+    # already recorded must keep matching); it is compared with the recorded one when given.
     fingerprint = request_hash({"customer": customer_ref, "type": event_type, "data": data})
 
     def existing():
         event = CustomerEvent.objects.filter(integration=integration, external_id=external_id).first()
-        if event and event.request_hash != fingerprint:
+        if event and (
+            event.request_hash != fingerprint or (given_at is not None and event.occurred_at != given_at)
+        ):
             raise Conflict(
                 f"Event {external_id!r} was already recorded with different data.",
                 code="idempotency_conflict",

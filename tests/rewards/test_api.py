@@ -417,6 +417,13 @@ def test_an_event_id_sent_again_with_other_data_is_409_and_with_the_same_data_th
     assert again.status_code == 200 and again.json() == first.json()
     assert CustomerEvent.objects.filter(external_id="rev-1").count() == 1
     assert api.get("/api/v1/customers/C1").json()["balance"] == 50 + 25
+    # The time is part of the event: the same id at another time is a conflict, at the same time
+    # (or without one, a retry) the original.
+    dated = _event(api, "rev-2", occurred_at="2026-03-01T10:00:00+01:00")
+    assert dated.status_code == 201
+    assert_error(_event(api, "rev-2", occurred_at="2026-03-02T10:00:00+01:00"), 409, "idempotency_conflict")
+    assert _event(api, "rev-2", occurred_at="2026-03-01T09:00:00+00:00").json() == dated.json()
+    assert _event(api, "rev-2").status_code == 200
 
 
 # --- Expiring points, refunds ---------------------------------------------------------------
