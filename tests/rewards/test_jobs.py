@@ -53,6 +53,15 @@ def test_each_daily_job_is_on_the_beat_schedule():
     } <= tasks
 
 
+def ledger_check_failing() -> str:
+    """Run `manage.py ledger_check`, expecting exit 1; its report."""
+    out = io.StringIO()
+    with pytest.raises(SystemExit) as exit_info:
+        call_command("ledger_check", stdout=out)
+    assert exit_info.value.code == 1
+    return out.getvalue()
+
+
 @pytest.mark.django_db
 def test_ledger_check_exits_1_with_a_report_when_a_balance_is_wrong(member):
     out = io.StringIO()
@@ -62,11 +71,8 @@ def test_ledger_check_exits_1_with_a_report_when_a_balance_is_wrong(member):
         cursor.execute(
             "UPDATE rewards_pointsaccount SET balance = balance + 7 WHERE customer_id = %s", [member.pk]
         )
-    out = io.StringIO()
-    with pytest.raises(SystemExit) as exit_info:
-        call_command("ledger_check", stdout=out)
-    assert exit_info.value.code == 1
-    assert f"customer {member.pk}" in out.getvalue() and "sum of entries" in out.getvalue()
+    report = ledger_check_failing()
+    assert f"customer {member.pk}" in report and "sum of entries" in report
 
 
 @pytest.mark.django_db
@@ -76,12 +82,9 @@ def test_ledger_check_exits_1_with_a_report_when_the_lots_do_not_hold_the_balanc
         cursor.execute(
             "UPDATE rewards_pointslot SET remaining = remaining - 7 WHERE account_id = %s", [member.pk]
         )
-    out = io.StringIO()
-    with pytest.raises(SystemExit) as exit_info:
-        call_command("ledger_check", stdout=out)
-    assert exit_info.value.code == 1
-    assert f"customer {member.pk}" in out.getvalue() and "lots hold 43, expected 50" in out.getvalue()
-    assert "sum of entries" not in out.getvalue()  # the balance itself still matches the entries
+    report = ledger_check_failing()
+    assert f"customer {member.pk}" in report and "lots hold 43, expected 50" in report
+    assert "sum of entries" not in report  # the balance itself still matches the entries
 
 
 @pytest.mark.django_db
