@@ -1277,7 +1277,9 @@ def redemption_cancel(
         redemption = Redemption.objects.filter(pk=redemption_id).first()
         if redemption is None or (customer_id is not None and redemption.customer_id != customer_id):
             raise NotFound("No such redemption.")
-        account = _account_lock(redemption.customer_id)
+        # A campaign's gift (voucher_gift) moved no points: the voucher's own lock is enough, and
+        # its customer need not be a member.
+        account = _account_lock(redemption.customer_id) if redemption.points else None
         redemption = (
             Redemption.objects.select_for_update(of=("self",)).select_related("reward").get(pk=redemption_id)
         )
@@ -1290,25 +1292,27 @@ def redemption_cancel(
 
 
 def _redemption_cancel_issued(
-    account: PointsAccount, redemption: Redemption, *, reason: str, now: dt.datetime
+    account: PointsAccount | None, redemption: Redemption, *, reason: str, now: dt.datetime
 ) -> Redemption:
-    """Return an issued voucher's points and mark it cancelled (account and voucher locked)."""
-    redeem_entry = LedgerEntry.objects.get(idempotency_key=f"redemption:{redemption.pk}")
-    expiries = list(
-        LotConsumption.objects.filter(entry=redeem_entry).values_list("lot__expires_at", flat=True)
-    )
-    expires_at = None if (not expiries or None in expiries) else max(expiries)
-    _credit(
-        account,
-        kind=Kind.REVERSAL,
-        points=redemption.points,
-        key=f"redemption:{redemption.pk}:cancel",
-        explanation=[{"code": "reversal", "reward": redemption.reward.name}],
-        at=now,
-        expires_at=expires_at,
-        redemption=redemption,
-        reverses=redeem_entry,
-    )
+    """Return an issued voucher's points and mark it cancelled (account and voucher locked; a
+    gift, which cost no points, has no entry to reverse and no account locked)."""
+    if redemption.points:
+        redeem_entry = LedgerEntry.objects.get(idempotency_key=f"redemption:{redemption.pk}")
+        expiries = list(
+            LotConsumption.objects.filter(entry=redeem_entry).values_list("lot__expires_at", flat=True)
+        )
+        expires_at = None if (not expiries or None in expiries) else max(expiries)
+        _credit(
+            account,
+            kind=Kind.REVERSAL,
+            points=redemption.points,
+            key=f"redemption:{redemption.pk}:cancel",
+            explanation=[{"code": "reversal", "reward": redemption.reward.name}],
+            at=now,
+            expires_at=expires_at,
+            redemption=redemption,
+            reverses=redeem_entry,
+        )
     Redemption.objects.filter(pk=redemption.pk).update(
         state=Redemption.State.CANCELLED, cancelled_at=now, cancel_reason=reason[:200]
     )

@@ -239,3 +239,30 @@ def test_the_voucher_job_expires_a_due_voucher_exactly_once(api, shopper):
 
     assert [state_of(v) for v in (due, valid, forever)] == ["expired", "issued", "issued"]
     assert (balance(shopper), ledger(shopper)) == before and before[0] == 250
+
+
+def test_a_gifted_voucher_is_cancelled_without_moving_points_and_its_stock_comes_back(api, shopper):
+    # A campaign's offer (campaigns.delivery) gives a voucher for no points: cancelling it has no
+    # points to return and writes no ledger entry.
+    reward = RewardFactory(cost_points=100, stock=3)
+    gift = services.voucher_gift(customer=shopper, reward_id=reward.pk, key="campaign:7:C1")
+    assert gift.points == 0 and Reward.objects.get(pk=reward.pk).stock == 2
+    before = (balance(shopper), ledger(shopper))
+
+    cancelled = api.post(f"/api/v1/redemptions/{gift.pk}/cancel", {}, format="json")
+
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    assert (balance(shopper), ledger(shopper)) == before
+    assert Reward.objects.get(pk=reward.pk).stock == 3
+    again = api.post(f"/api/v1/redemptions/{gift.pk}/cancel", {}, format="json")
+    assert again.status_code == 200 and (balance(shopper), ledger(shopper)) == before
+
+
+def test_a_gift_to_a_shopper_who_is_not_a_member_can_be_cancelled(program):
+    from tests.factories import CustomerFactory
+
+    shopper = CustomerFactory()  # no points account
+    gift = services.voucher_gift(customer=shopper, reward_id=RewardFactory().pk, key="campaign:8")
+    cancelled = services.redemption_cancel(redemption_id=gift.pk, reason="sent by mistake")
+    assert cancelled.state == Redemption.State.CANCELLED and cancelled.cancel_reason == "sent by mistake"
+    assert not LedgerEntry.objects.filter(account_id=shopper.pk).exists()
