@@ -366,3 +366,14 @@ def test_a_shopper_with_a_login_can_join_with_one_click(client, program):
     shopper.refresh_from_db()
     assert shopper.is_member
     assert LedgerEntry.objects.filter(account_id=shopper.pk).count() == 1
+
+
+def test_a_gifted_voucher_says_it_was_a_gift_not_redeemed_for_points(anna_client, anna):
+    from rewards.services import voucher_gift
+
+    gift = voucher_gift(customer=anna, reward_id=RewardFactory(name="Cake").pk, key="campaign:3")
+    body = anna_client.get(reverse("portal-voucher", args=[gift.voucher_code])).content.decode()
+    assert "A gift from us, given" in body and "for 0 points" not in body
+    anna_client.post(reverse("set_language"), {"language": "da"})
+    danish = anna_client.get(reverse("portal-voucher", args=[gift.voucher_code])).content.decode()
+    assert "En gave fra os, givet" in danish
