@@ -355,33 +355,31 @@ def unstorable_in_path(name: str) -> OpenApiExample:
     return ex.validation_example(f"NUL in {name}", {name: [UNSTORABLE_TEXT]})
 
 
-CUSTOMER_REF = OpenApiParameter(
-    "external_ref",
-    str,
-    OpenApiParameter.PATH,
-    description="The customer's reference in your systems.",
-    examples=[OpenApiExample("A member", value=ex.CUSTOMER)],
+def path_parameter(name: str, kind: type, description: str, example: str, value) -> OpenApiParameter:
+    return OpenApiParameter(
+        name,
+        kind,
+        OpenApiParameter.PATH,
+        description=description,
+        examples=[OpenApiExample(example, value=value)],
+    )
+
+
+CUSTOMER_REF = path_parameter(
+    "external_ref", str, "The customer's reference in your systems.", "A member", ex.CUSTOMER
 )
-PURCHASE_ID = OpenApiParameter(
-    "external_id",
-    str,
-    OpenApiParameter.PATH,
-    description="The purchase's external_id as recorded.",
-    examples=[OpenApiExample("A recorded purchase", value=ex.PURCHASE)],
+PURCHASE_ID = path_parameter(
+    "external_id", str, "The purchase's external_id as recorded.", "A recorded purchase", ex.PURCHASE
 )
-VOUCHER_CODE = OpenApiParameter(
+VOUCHER_CODE = path_parameter(
     "code",
     str,
-    OpenApiParameter.PATH,
-    description="The voucher code as issued (case and surrounding spaces do not matter).",
-    examples=[OpenApiExample("An issued voucher", value=ex.VOUCHER)],
+    "The voucher code as issued (case and surrounding spaces do not matter).",
+    "An issued voucher",
+    ex.VOUCHER,
 )
-REDEMPTION_ID = OpenApiParameter(
-    "redemption_id",
-    int,
-    OpenApiParameter.PATH,
-    description="The redemption's id, as its answer gave it.",
-    examples=[OpenApiExample("A redemption", value=ex.REDEMPTION_ID)],
+REDEMPTION_ID = path_parameter(
+    "redemption_id", int, "The redemption's id, as its answer gave it.", "A redemption", ex.REDEMPTION_ID
 )
 
 

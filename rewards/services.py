@@ -1483,8 +1483,11 @@ def vouchers_expire(*, now: dt.datetime | None = None) -> int:
 def _voucher_expire_if_due(redemption: Redemption, *, now: dt.datetime) -> None:
     """vouchers_expire for one (locked) voucher: the services that meet a voucher past its
     validity before the nightly job did expire it just as the job would, so that what happens
-    to it never depends on which came first."""
-    if _vouchers_due(now).filter(pk=redemption.pk).update(state=Redemption.State.EXPIRED):
+    to it never depends on which came first. A voucher still valid costs no statement."""
+    due = (
+        redemption.state == Redemption.State.ISSUED and redemption.expires_at and redemption.expires_at <= now
+    )
+    if due and _vouchers_due(now).filter(pk=redemption.pk).update(state=Redemption.State.EXPIRED):
         redemption.state = Redemption.State.EXPIRED
 
 
